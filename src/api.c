@@ -1,0 +1,572 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  The SQL-callable functions: argument checks, errors, result rows.
+ *
+ * Every function reads the clock once and uses that instant for every
+ * deadline it checks or sets, so one call never disagrees with itself.
+ * Bad input is an error with an errcode and a message that says what to
+ * change; a NULL token is simply no token (NULL, false or no row).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "event.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "store.h"
+#include "token.h"
+#include "tokenstore.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#define USER_ID_MAX_BYTES	64
+
+PG_FUNCTION_INFO_V1(token_make);
+PG_FUNCTION_INFO_V1(token_user);
+PG_FUNCTION_INFO_V1(token_check);
+PG_FUNCTION_INFO_V1(token_list);
+PG_FUNCTION_INFO_V1(token_refresh);
+PG_FUNCTION_INFO_V1(token_set_info);
+PG_FUNCTION_INFO_V1(token_delete);
+PG_FUNCTION_INFO_V1(token_delete_id);
+PG_FUNCTION_INFO_V1(token_delete_user);
+PG_FUNCTION_INFO_V1(token_rotate);
+PG_FUNCTION_INFO_V1(token_sweep);
+
+/* ---- arguments ---- */
+
+static char *
+arg_user_id(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *t;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("user_id must not be null")));
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id must not be empty")));
+	if (len > USER_ID_MAX_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id is too long"),
+				 errdetail("A user_id may have at most %d bytes; this one has %d.",
+						   USER_ID_MAX_BYTES, len)));
+	return text_to_cstring(t);
+}
+
+/*
+ * The key of the token argument; false if it is NULL or mistyped (a token
+ * that no lookup could find).
+ */
+static bool
+arg_token(FunctionCallInfo fcinfo, int argno, TokenKey *key)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(argno))
+		return false;
+	t = PG_GETARG_TEXT_PP(argno);
+	if (token_is_mistyped(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+						  tokenstore_token_prefix))
+		return false;
+	token_key(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), key);
+	return true;
+}
+
+/* info as given, '{}' for NULL; anything but an object is an error. */
+static Jsonb *
+arg_info(FunctionCallInfo fcinfo, int argno)
+{
+	Jsonb	   *info;
+
+	if (PG_ARGISNULL(argno))
+		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												  CStringGetDatum("{}")));
+	info = PG_GETARG_JSONB_P(argno);
+	if (!JB_ROOT_IS_OBJECT(info) || JB_ROOT_IS_SCALAR(info))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("info must be a JSON object"),
+				 errdetail("The value given is a JSON %s.",
+						   text_to_cstring(DatumGetTextPP(DirectFunctionCall1(jsonb_typeof,
+																			  JsonbPGetDatum(info))))),
+				 errhint("Wrap it in an object, for example {\"data\": ...}.")));
+	return info;
+}
+
+static void
+positive_interval_error(const char *name, Interval *span, const char *guc)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("%s must be a positive interval", name),
+			 errdetail("The value given is %s.",
+					   DatumGetCString(DirectFunctionCall1(interval_out,
+														   IntervalPGetDatum(span)))),
+			 guc ? errhint("Pass NULL to use %s.", guc) : 0));
+}
+
+/*
+ * The absolute deadline for a ttl argument (NULL: the tokenstore.default_ttl
+ * setting); false when there is none.
+ */
+static bool
+arg_ttl(FunctionCallInfo fcinfo, int argno, TimestampTz now,
+		TimestampTz *deadline)
+{
+	Interval   *ttl;
+
+	if (PG_ARGISNULL(argno))
+	{
+		*deadline = now + (int64) tokenstore_default_ttl * USECS_PER_SEC;
+		return tokenstore_default_ttl > 0;
+	}
+	ttl = PG_GETARG_INTERVAL_P(argno);
+	*deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														TimestampTzGetDatum(now),
+														IntervalPGetDatum(ttl)));
+	if (*deadline <= now)
+		positive_interval_error("ttl", ttl, "tokenstore.default_ttl");
+	return true;
+}
+
+/*
+ * An interval as a fixed number of microseconds (a day is 24 hours, a month
+ * 30 days), so that idle deadlines are plain arithmetic everywhere.
+ */
+static int64
+interval_usecs(const char *name, Interval *span)
+{
+	int64		usecs;
+
+	if (pg_mul_s64_overflow((int64) span->month * DAYS_PER_MONTH + span->day,
+							USECS_PER_DAY, &usecs) ||
+		pg_add_s64_overflow(usecs, span->time, &usecs))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("%s is out of range", name)));
+	return usecs;
+}
+
+/* Idle timeout in microseconds (NULL: the setting); 0 means none. */
+static int64
+arg_idle(FunctionCallInfo fcinfo, int argno)
+{
+	Interval   *idle;
+	int64		usecs;
+
+	if (PG_ARGISNULL(argno))
+		return (int64) tokenstore_default_idle_timeout * USECS_PER_SEC;
+	idle = PG_GETARG_INTERVAL_P(argno);
+	usecs = interval_usecs("idle_timeout", idle);
+	if (usecs <= 0)
+		positive_interval_error("idle_timeout", idle,
+								"tokenstore.default_idle_timeout");
+	return usecs;
+}
+
+static LoginMode
+arg_mode(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *name;
+	LoginMode	mode;
+
+	if (PG_ARGISNULL(argno))
+		return (LoginMode) tokenstore_login_mode;
+	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (!login_mode_parse(name, &mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown login mode \"%s\"", name),
+				 errhint("The login modes are multi, single and share.")));
+	return mode;
+}
+
+static int64
+arg_max_tokens(FunctionCallInfo fcinfo, int argno)
+{
+	int32		max_tokens;
+
+	if (PG_ARGISNULL(argno))
+		return tokenstore_max_tokens_per_user;
+	max_tokens = PG_GETARG_INT32(argno);
+	if (max_tokens < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_tokens must not be negative"),
+				 errhint("Use 0 for no limit.")));
+	return max_tokens;
+}
+
+/* A caller-provided token, checked; NULL when none was given. */
+static text *
+arg_given_token(FunctionCallInfo fcinfo, int argno, LoginMode mode)
+{
+	text	   *t;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len < TOKEN_MIN_LEN || len > TOKEN_MAX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a caller-provided token must have %d to %d bytes",
+						TOKEN_MIN_LEN, TOKEN_MAX_LEN),
+				 errdetail("The token given has %d bytes.", len)));
+	if (token_is_mistyped(VARDATA_ANY(t), len, tokenstore_token_prefix))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a caller-provided token has the form of a generated token but not its checksum"),
+				 errdetail("Such a token would be rejected by every check."),
+				 errhint("Give caller-provided tokens another prefix than \"%s\", or let token_make generate the token.",
+						 tokenstore_token_prefix)));
+	if (mode == LOGIN_SHARE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("login mode share does not take a caller-provided token"),
+				 errdetail("Every share-mode login of a user gets the one token tokenstore made for it.")));
+	return t;
+}
+
+static void
+duplicate_token_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("token already exists")));
+}
+
+/* ---- token_make ---- */
+
+/*
+ * The user's live share-mode token, or NULL.  Called with the user locked;
+ * ends the store session when it finds one.
+ */
+static char *
+shared_token(const char *user_id, TimestampTz now)
+{
+	TokenKey	key;
+	bytea	   *sealed;
+	bytea	   *secret;
+	char	   *token;
+
+	if (!store_find_share(user_id, now, &key, &sealed))
+		return NULL;
+	secret = store_secret();
+	store_end();
+	token = token_unseal(secret, &key, sealed);
+	if (token == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the share-mode token of user \"%s\" cannot be recovered",
+						user_id),
+				 errdetail("Its sealed copy does not match tokenstore.secret."),
+				 errhint("Revoke it with tokenstore.token_delete_id('%s').",
+						 token_id_text(&key))));
+	return token;
+}
+
+Datum
+token_make(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenRow	row = {0};
+	LoginMode	mode = arg_mode(fcinfo, 4);
+	int64		max_tokens = arg_max_tokens(fcinfo, 5);
+	text	   *given = arg_given_token(fcinfo, 6, mode);
+	text	   *token;
+	List	   *revoked = NIL;
+
+	row.user_id = arg_user_id(fcinfo, 0);
+	row.info = arg_info(fcinfo, 1);
+	row.has_expires = arg_ttl(fcinfo, 2, now, &row.expires_at);
+	row.idle_us = arg_idle(fcinfo, 3);
+	row.created_at = now;
+	row.last_used_at = now;
+	token = given ? given : cstring_to_text(token_generate(tokenstore_token_prefix));
+	token_key(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row.key);
+
+	store_begin();
+	if (mode != LOGIN_MULTI || max_tokens > 0)
+		store_lock_user(row.user_id);
+	if (mode == LOGIN_SHARE)
+	{
+		char	   *existing = shared_token(row.user_id, now);
+
+		if (existing != NULL)
+			PG_RETURN_TEXT_P(cstring_to_text(existing));
+		row.share_secret = token_seal(store_secret(), &row.key,
+									  VARDATA_ANY(token),
+									  VARSIZE_ANY_EXHDR(token));
+	}
+	if (mode == LOGIN_SINGLE)
+		revoked = store_revoke_lru(row.user_id, now, 0);
+	else if (max_tokens > 0)
+		revoked = store_revoke_lru(row.user_id, now, max_tokens - 1);
+	if (!store_insert(&row))
+		duplicate_token_error();
+	store_end();
+
+	event_revoked("replace", revoked);
+	event_token("make", row.user_id, &row.key, NULL);
+	PG_RETURN_TEXT_P(token);
+}
+
+/* ---- checks ---- */
+
+/*
+ * Find the live token of the argument and record this use; the row shows the
+ * use (last_used_at = now) whether or not the table was written.
+ */
+static bool
+check_token(FunctionCallInfo fcinfo, int argno, TokenRow *row)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	key;
+	bool		found;
+
+	if (!arg_token(fcinfo, argno, &key))
+		return false;
+	store_begin();
+	found = store_find(&key, now, row);
+	if (found &&
+		row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000)
+		store_touch(&key, now);
+	store_end();
+	if (found)
+		row->last_used_at = now;
+	return found;
+}
+
+Datum
+token_user(PG_FUNCTION_ARGS)
+{
+	TokenRow	row;
+
+	if (!check_token(fcinfo, 0, &row))
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(row.user_id));
+}
+
+/* Put one result row of (head, info, created, last used, deadline). */
+static void
+put_row(ReturnSetInfo *rsinfo, Datum head, const TokenRow *row)
+{
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+	bool		has_deadline;
+
+	values[0] = head;
+	values[1] = JsonbPGetDatum(row->info);
+	values[2] = TimestampTzGetDatum(row->created_at);
+	values[3] = TimestampTzGetDatum(row->last_used_at);
+	values[4] = TimestampTzGetDatum(token_deadline(row, &has_deadline));
+	nulls[4] = !has_deadline;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+Datum
+token_check(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TokenRow	row;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (check_token(fcinfo, 0, &row))
+		put_row(rsinfo, CStringGetTextDatum(row.user_id), &row);
+	return (Datum) 0;
+}
+
+Datum
+token_list(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *user_id = arg_user_id(fcinfo, 0);
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *rows;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	store_begin();
+	rows = store_list(user_id, now);
+	store_end();
+	foreach(lc, rows)
+	{
+		TokenRow   *row = lfirst(lc);
+
+		put_row(rsinfo, CStringGetTextDatum(token_id_text(&row->key)), row);
+	}
+	return (Datum) 0;
+}
+
+/* ---- changes to one token ---- */
+
+Datum
+token_refresh(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	key;
+	TimestampTz deadline;
+	bool		has_deadline = arg_ttl(fcinfo, 1, now, &deadline);
+	bool		done;
+
+	if (!arg_token(fcinfo, 0, &key))
+		PG_RETURN_BOOL(false);
+	store_begin();
+	done = store_refresh(&key, now, has_deadline, deadline);
+	store_end();
+	PG_RETURN_BOOL(done);
+}
+
+Datum
+token_set_info(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Jsonb	   *info = arg_info(fcinfo, 1);
+	TokenKey	key;
+	bool		done;
+
+	if (!arg_token(fcinfo, 0, &key))
+		PG_RETURN_BOOL(false);
+	store_begin();
+	done = store_set_info(&key, now, info);
+	store_end();
+	PG_RETURN_BOOL(done);
+}
+
+/* Report one revoked token (or none) as a delete. */
+static bool
+deleted(RevokedToken *r)
+{
+	if (r == NULL)
+		return false;
+	event_token("delete", r->user_id, &r->key, NULL);
+	return true;
+}
+
+Datum
+token_delete(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	key;
+	RevokedToken *r;
+
+	if (!arg_token(fcinfo, 0, &key))
+		PG_RETURN_BOOL(false);
+	store_begin();
+	r = store_delete(&key, now);
+	store_end();
+	PG_RETURN_BOOL(deleted(r));
+}
+
+Datum
+token_delete_id(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint8		id_bytes[TOKEN_ID_BYTES];
+	text	   *id;
+	RevokedToken *r;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	id = PG_GETARG_TEXT_PP(0);
+	if (!token_id_parse(VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id), id_bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid token_id \"%s\"", text_to_cstring(id)),
+				 errdetail("A token_id is %d hexadecimal digits, as token_list shows it.",
+						   TOKEN_ID_LEN)));
+	store_begin();
+	r = store_delete_id(id_bytes, now);
+	store_end();
+	PG_RETURN_BOOL(deleted(r));
+}
+
+Datum
+token_delete_user(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *user_id = arg_user_id(fcinfo, 0);
+	TokenKey	keep;
+	bool		has_keep = arg_token(fcinfo, 1, &keep);
+	List	   *revoked;
+
+	store_begin();
+	revoked = store_delete_user(user_id, has_keep ? &keep : NULL, now);
+	store_end();
+	event_count("delete_user", user_id, list_length(revoked));
+	PG_RETURN_INT64(list_length(revoked));
+}
+
+Datum
+token_rotate(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	old_key;
+	TokenRow	row;
+	int64		grace = 0;
+	text	   *token;
+
+	if (!PG_ARGISNULL(1))
+	{
+		grace = interval_usecs("grace", PG_GETARG_INTERVAL_P(1));
+		if (grace < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("grace must not be negative"),
+					 errhint("Pass NULL or 0 to end the old token now.")));
+	}
+	if (!arg_token(fcinfo, 0, &old_key))
+		PG_RETURN_NULL();
+	token = cstring_to_text(token_generate(tokenstore_token_prefix));
+
+	store_begin();
+	if (!store_lock_live(&old_key, now, &row))
+	{
+		store_end();
+		PG_RETURN_NULL();
+	}
+	token_key(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row.key);
+	row.created_at = now;
+	row.last_used_at = now;
+	if (row.share_secret != NULL)
+		row.share_secret = token_seal(store_secret(), &row.key,
+									  VARDATA_ANY(token),
+									  VARSIZE_ANY_EXHDR(token));
+	if (!store_insert(&row))
+		duplicate_token_error();
+	if (grace == 0)
+		(void) store_delete(&old_key, now);
+	else
+		store_shorten(&old_key, now + grace);
+	store_end();
+
+	event_token("rotate", row.user_id, &row.key, &old_key);
+	PG_RETURN_TEXT_P(token);
+}
+
+Datum
+token_sweep(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int64		swept;
+
+	store_begin();
+	swept = store_sweep(now, PG_INT32_MAX);
+	store_end();
+	event_count("sweep", NULL, swept);
+	PG_RETURN_INT64(swept);
+}

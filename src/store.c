@@ -1,0 +1,633 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.c
+ *	  The token table: every statement tokenstore runs against
+ *	  tokenstore.token, prepared once per backend and run through SPI.
+ *
+ * Three rules shape every statement here:
+ *
+ * - Latest committed state.  Statements run on the latest snapshot, as
+ *   foreign-key checks do, so a committed revocation is seen at once even
+ *   inside a long REPEATABLE READ transaction, and per-user rules count the
+ *   tokens other sessions have committed since.  Under REPEATABLE READ and
+ *   SERIALIZABLE the transaction snapshot is the crosscheck: changing a row
+ *   that the transaction cannot see is a serialization failure, never a
+ *   silent write.
+ *
+ * - A pinned search path.  The functions run as the extension's owner with
+ *   the caller's search_path; store_begin pushes a path of pg_catalog alone,
+ *   so no function or operator the caller defines can stand in for ours.
+ *
+ * - No waiting on a check.  Recording a use skips a row that another
+ *   transaction has locked (SKIP LOCKED) rather than queueing behind it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "store.h"
+#include "tokenstore.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+/* Advisory lock space of per-user locks: field4 values 1 and 2 are SQL's. */
+#define USER_LOCK_SPACE		0x746B7374	/* "tkst" */
+#define USER_LOCK_FIELD4	3
+
+#define ROW_COLUMNS \
+	"token_hash, user_id, info, created_at, last_used_at, expires_at, " \
+	"idle_timeout, share_secret"
+
+/* Live at time p: neither deadline has passed. */
+#define LIVE(p) \
+	"((expires_at IS NULL OR expires_at > " p ") AND " \
+	"(idle_timeout IS NULL OR last_used_at + idle_timeout > " p "))"
+
+typedef enum StoreStmt
+{
+	STMT_FIND,
+	STMT_LOCK_LIVE,
+	STMT_TOUCH,
+	STMT_LIST,
+	STMT_INSERT,
+	STMT_REVOKE_LRU,
+	STMT_FIND_SHARE,
+	STMT_SECRET,
+	STMT_REFRESH,
+	STMT_SET_INFO,
+	STMT_SHORTEN,
+	STMT_DELETE,
+	STMT_DELETE_ID,
+	STMT_DELETE_USER,
+	STMT_SWEEP,
+	STMT_COUNT
+} StoreStmt;
+
+#define MAX_ARGS 7
+
+typedef struct StmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[MAX_ARGS];
+} StmtDef;
+
+static const StmtDef stmt_defs[STMT_COUNT] = {
+	[STMT_FIND] = {
+		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		" WHERE token_hash = $1 AND " LIVE("$2"),
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_LOCK_LIVE] = {
+		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		" WHERE token_hash = $1 AND " LIVE("$2") " FOR UPDATE",
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_TOUCH] = {
+		"UPDATE tokenstore.token SET last_used_at = $2"
+		" WHERE token_hash = (SELECT token_hash FROM tokenstore.token"
+		"                      WHERE token_hash = $1 FOR UPDATE SKIP LOCKED)"
+		"   AND last_used_at < $2",
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_LIST] = {
+		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		" WHERE user_id = $1 AND " LIVE("$2")
+		" ORDER BY created_at, token_hash",
+		2, {TEXTOID, TIMESTAMPTZOID}
+	},
+	[STMT_INSERT] = {
+		"INSERT INTO tokenstore.token (" ROW_COLUMNS ")"
+		" VALUES ($1, $2, $3, $4, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+		7, {BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		INTERVALOID, BYTEAOID}
+	},
+	[STMT_REVOKE_LRU] = {
+		"DELETE FROM tokenstore.token WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token"
+		"   WHERE user_id = $1 AND " LIVE("$2")
+		"   ORDER BY last_used_at DESC, created_at DESC, token_hash OFFSET $3)"
+		" RETURNING token_hash, user_id",
+		3, {TEXTOID, TIMESTAMPTZOID, INT8OID}
+	},
+	[STMT_FIND_SHARE] = {
+		"SELECT token_hash, share_secret FROM tokenstore.token"
+		" WHERE user_id = $1 AND share_secret IS NOT NULL AND " LIVE("$2")
+		" ORDER BY created_at DESC, token_hash LIMIT 1",
+		2, {TEXTOID, TIMESTAMPTZOID}
+	},
+	[STMT_SECRET] = {
+		"SELECT key FROM tokenstore.secret",
+		0, {InvalidOid}
+	},
+	[STMT_REFRESH] = {
+		"UPDATE tokenstore.token"
+		"   SET expires_at = $3, last_used_at = greatest(last_used_at, $2)"
+		" WHERE token_hash = $1 AND " LIVE("$2"),
+		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[STMT_SET_INFO] = {
+		"UPDATE tokenstore.token SET info = $3"
+		" WHERE token_hash = $1 AND " LIVE("$2"),
+		3, {BYTEAOID, TIMESTAMPTZOID, JSONBOID}
+	},
+	[STMT_SHORTEN] = {
+		"UPDATE tokenstore.token SET expires_at = least(expires_at, $2)"
+		" WHERE token_hash = $1",
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_DELETE] = {
+		"DELETE FROM tokenstore.token WHERE token_hash = $1"
+		" RETURNING token_hash, user_id, " LIVE("$2"),
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_DELETE_ID] = {
+		"DELETE FROM tokenstore.token WHERE token_hash BETWEEN $1 AND $2"
+		" RETURNING token_hash, user_id, " LIVE("$3"),
+		3, {BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_DELETE_USER] = {
+		"DELETE FROM tokenstore.token"
+		" WHERE user_id = $1 AND token_hash IS DISTINCT FROM $2"
+		" RETURNING token_hash, user_id, " LIVE("$3"),
+		3, {TEXTOID, BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_SWEEP] = {
+		"DELETE FROM tokenstore.token WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token"
+		"   WHERE NOT " LIVE("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	},
+};
+
+static SPIPlanPtr plans[STMT_COUNT];
+
+/* Where results are copied to: the memory of the function that called us. */
+static MemoryContext caller_cxt = NULL;
+
+/* Connect to SPI, with the pinned search path. */
+void
+store_begin(void)
+{
+	OverrideSearchPath path = {0};
+
+	caller_cxt = CurrentMemoryContext;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	path.schemas = NIL;
+	path.addCatalog = true;
+	path.addTemp = false;
+	PushOverrideSearchPath(&path);
+}
+
+void
+store_end(void)
+{
+	PopOverrideSearchPath();
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	caller_cxt = NULL;
+}
+
+static SPIPlanPtr
+store_plan(StoreStmt stmt)
+{
+	if (plans[stmt] == NULL)
+	{
+		const StmtDef *def = &stmt_defs[stmt];
+		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs,
+									   (Oid *) def->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 def->sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		plans[stmt] = plan;
+	}
+	return plans[stmt];
+}
+
+/* Run a statement on the latest snapshot; returns SPI_processed. */
+static uint64
+store_exec(StoreStmt stmt, Datum *values, const char *nulls, long tcount)
+{
+	Snapshot	crosscheck = IsolationUsesXactSnapshot() ?
+		GetTransactionSnapshot() : InvalidSnapshot;
+	int			rc;
+
+	rc = SPI_execute_snapshot(store_plan(stmt), values, nulls,
+							  GetLatestSnapshot(), crosscheck,
+							  false, true, tcount);
+	if (rc < 0)
+		elog(ERROR, "SPI_execute_snapshot failed for \"%s\": %s",
+			 stmt_defs[stmt].sql, SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+static Datum
+key_datum(const TokenKey *key)
+{
+	bytea	   *b = palloc(VARHDRSZ + sizeof(key->bytes));
+
+	SET_VARSIZE(b, VARHDRSZ + sizeof(key->bytes));
+	memcpy(VARDATA(b), key->bytes, sizeof(key->bytes));
+	return PointerGetDatum(b);
+}
+
+static Datum
+bytes_datum(const uint8 *bytes, int len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), bytes, len);
+	return PointerGetDatum(b);
+}
+
+static Datum
+column(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc,
+						 col, isnull);
+}
+
+static void
+key_from_column(int row, int col, TokenKey *key)
+{
+	bool		isnull;
+	bytea	   *b = DatumGetByteaPP(column(row, col, &isnull));
+
+	if (isnull || VARSIZE_ANY_EXHDR(b) != sizeof(key->bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("tokenstore.token holds a token_hash that is not 32 bytes")));
+	memcpy(key->bytes, VARDATA_ANY(b), sizeof(key->bytes));
+}
+
+static char *
+text_column(int row, int col)
+{
+	bool		isnull;
+	Datum		d = column(row, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* Copy row `row` of the last result (ROW_COLUMNS) into *out, in caller_cxt. */
+static void
+row_from_result(int row, TokenRow *out)
+{
+	MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+	bool		isnull;
+	Datum		d;
+
+	key_from_column(row, 1, &out->key);
+	out->user_id = text_column(row, 2);
+	out->info = DatumGetJsonbPCopy(column(row, 3, &isnull));
+	out->created_at = DatumGetTimestampTz(column(row, 4, &isnull));
+	out->last_used_at = DatumGetTimestampTz(column(row, 5, &isnull));
+	d = column(row, 6, &isnull);
+	out->has_expires = !isnull;
+	out->expires_at = isnull ? 0 : DatumGetTimestampTz(d);
+	d = column(row, 7, &isnull);
+	out->idle_us = isnull ? 0 : DatumGetIntervalP(d)->time;
+	d = column(row, 8, &isnull);
+	out->share_secret = isnull ? NULL : DatumGetByteaPCopy(d);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The deadline results show: the earlier of the absolute and the idle one.
+ */
+TimestampTz
+token_deadline(const TokenRow *row, bool *has_deadline)
+{
+	TimestampTz deadline = row->expires_at;
+
+	*has_deadline = row->has_expires;
+	if (row->idle_us > 0)
+	{
+		TimestampTz idle = row->last_used_at + row->idle_us;
+
+		if (!*has_deadline || idle < deadline)
+			deadline = idle;
+		*has_deadline = true;
+	}
+	return deadline;
+}
+
+/* The live token with this key, into *row; false if there is none. */
+bool
+store_find(const TokenKey *key, TimestampTz now, TokenRow *row)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
+
+	if (store_exec(STMT_FIND, values, NULL, 1) == 0)
+		return false;
+	row_from_result(0, row);
+	return true;
+}
+
+/* Like store_find, and lock the row until the transaction ends. */
+bool
+store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
+
+	if (store_exec(STMT_LOCK_LIVE, values, NULL, 1) == 0)
+		return false;
+	row_from_result(0, row);
+	return true;
+}
+
+/*
+ * Record a use at `now`.  Skipped in read-only transactions (and on a
+ * standby).  Under REPEATABLE READ and SERIALIZABLE another session's touch
+ * committing between our snapshot and our lock would be a serialization
+ * failure; losing that race only means someone else recorded the use, so the
+ * touch runs in a subtransaction and such a failure is swallowed.
+ */
+void
+store_touch(const TokenKey *key, TimestampTz now)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (XactReadOnly)
+		return;
+	if (!IsolationUsesXactSnapshot())
+	{
+		store_exec(STMT_TOUCH, values, NULL, 0);
+		return;
+	}
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		store_exec(STMT_TOUCH, values, NULL, 0);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/* The user's live tokens, oldest first: a List of TokenRow *. */
+List *
+store_list(const char *user_id, TimestampTz now)
+{
+	Datum		values[2] = {CStringGetTextDatum(user_id),
+	TimestampTzGetDatum(now)};
+	uint64		n = store_exec(STMT_LIST, values, NULL, 0);
+	List	   *rows = NIL;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+		TokenRow   *row = palloc(sizeof(TokenRow));
+
+		rows = lappend(rows, row);
+		MemoryContextSwitchTo(old);
+		row_from_result(i, row);
+	}
+	return rows;
+}
+
+/* Insert a new token, last used at its creation; false if it exists. */
+bool
+store_insert(const TokenRow *row)
+{
+	Interval	idle = {0};
+	Datum		values[7];
+	char		nulls[7] = "       ";
+
+	values[0] = key_datum(&row->key);
+	values[1] = CStringGetTextDatum(row->user_id);
+	values[2] = JsonbPGetDatum(row->info);
+	values[3] = TimestampTzGetDatum(row->created_at);
+	values[4] = TimestampTzGetDatum(row->expires_at);
+	if (!row->has_expires)
+		nulls[4] = 'n';
+	idle.time = row->idle_us;
+	values[5] = IntervalPGetDatum(&idle);
+	if (row->idle_us == 0)
+		nulls[5] = 'n';
+	values[6] = PointerGetDatum(row->share_secret);
+	if (row->share_secret == NULL)
+		nulls[6] = 'n';
+
+	return store_exec(STMT_INSERT, values, nulls, 0) == 1;
+}
+
+/*
+ * Serialise the per-user rules of token_make: a transaction-level advisory
+ * lock on the user, in a key space no SQL-level advisory lock can reach.
+ */
+void
+store_lock_user(const char *user_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, USER_LOCK_SPACE,
+						 hash_bytes((const unsigned char *) user_id,
+									strlen(user_id)),
+						 USER_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* Collect (token_hash, user_id[, live]) results as RevokedToken *s. */
+static List *
+revoked_from_result(uint64 n, bool has_live)
+{
+	List	   *revoked = NIL;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		MemoryContext old;
+		RevokedToken *r;
+
+		if (has_live && !DatumGetBool(column(i, 3, &isnull)))
+			continue;
+		old = MemoryContextSwitchTo(caller_cxt);
+		r = palloc(sizeof(RevokedToken));
+		key_from_column(i, 1, &r->key);
+		r->user_id = text_column(i, 2);
+		revoked = lappend(revoked, r);
+		MemoryContextSwitchTo(old);
+	}
+	return revoked;
+}
+
+/*
+ * Revoke the user's live tokens but the `keep` most recently used; returns
+ * the revoked ones.
+ */
+List *
+store_revoke_lru(const char *user_id, TimestampTz now, int64 keep)
+{
+	Datum		values[3] = {CStringGetTextDatum(user_id),
+		TimestampTzGetDatum(now), Int64GetDatum(keep)};
+
+	return revoked_from_result(store_exec(STMT_REVOKE_LRU, values, NULL, 0),
+							   false);
+}
+
+/* The user's newest live share-mode token, sealed; false if none. */
+bool
+store_find_share(const char *user_id, TimestampTz now, TokenKey *key,
+				 bytea **sealed)
+{
+	Datum		values[2] = {CStringGetTextDatum(user_id),
+	TimestampTzGetDatum(now)};
+	bool		isnull;
+	MemoryContext old;
+
+	if (store_exec(STMT_FIND_SHARE, values, NULL, 1) == 0)
+		return false;
+	key_from_column(0, 1, key);
+	old = MemoryContextSwitchTo(caller_cxt);
+	*sealed = DatumGetByteaPCopy(column(0, 2, &isnull));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/* The key that seals share-mode tokens. */
+bytea *
+store_secret(void)
+{
+	bool		isnull;
+	Datum		d;
+	bytea	   *secret;
+	MemoryContext old;
+
+	if (store_exec(STMT_SECRET, NULL, NULL, 2) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("tokenstore.secret must hold exactly one row"),
+				 errhint("Reinstall the extension, or restore the table from a backup.")));
+	d = column(0, 1, &isnull);
+	old = MemoryContextSwitchTo(caller_cxt);
+	secret = DatumGetByteaPCopy(d);
+	MemoryContextSwitchTo(old);
+	return secret;
+}
+
+/* Set a live token's absolute deadline and record a use; false if dead. */
+bool
+store_refresh(const TokenKey *key, TimestampTz now, bool has_expires,
+			  TimestampTz expires_at)
+{
+	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
+	TimestampTzGetDatum(expires_at)};
+	char		nulls[3] = {' ', ' ', has_expires ? ' ' : 'n'};
+
+	return store_exec(STMT_REFRESH, values, nulls, 0) > 0;
+}
+
+/* Replace a live token's info; false if dead. */
+bool
+store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info)
+{
+	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
+	JsonbPGetDatum(info)};
+
+	return store_exec(STMT_SET_INFO, values, NULL, 0) > 0;
+}
+
+/* Bring a token's absolute deadline forward to `deadline` at the latest. */
+void
+store_shorten(const TokenKey *key, TimestampTz deadline)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(deadline)};
+
+	store_exec(STMT_SHORTEN, values, NULL, 0);
+}
+
+/* The one revoked live token of a delete, or NULL. */
+static RevokedToken *
+single_revoked(uint64 n)
+{
+	List	   *revoked = revoked_from_result(n, true);
+
+	return revoked == NIL ? NULL : linitial(revoked);
+}
+
+/* Delete a token; returns it if it was live, NULL otherwise. */
+RevokedToken *
+store_delete(const TokenKey *key, TimestampTz now)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
+
+	return single_revoked(store_exec(STMT_DELETE, values, NULL, 0));
+}
+
+/* Delete the token whose key starts with the token_id's bytes. */
+RevokedToken *
+store_delete_id(const uint8 *id_bytes, TimestampTz now)
+{
+	uint8		low[PG_SHA256_DIGEST_LENGTH];
+	uint8		high[PG_SHA256_DIGEST_LENGTH];
+	Datum		values[3];
+
+	memset(low, 0x00, sizeof(low));
+	memset(high, 0xFF, sizeof(high));
+	memcpy(low, id_bytes, TOKEN_ID_BYTES);
+	memcpy(high, id_bytes, TOKEN_ID_BYTES);
+	values[0] = bytes_datum(low, sizeof(low));
+	values[1] = bytes_datum(high, sizeof(high));
+	values[2] = TimestampTzGetDatum(now);
+	return single_revoked(store_exec(STMT_DELETE_ID, values, NULL, 0));
+}
+
+/* Delete all the user's tokens but `keep` (if not NULL); returns the live. */
+List *
+store_delete_user(const char *user_id, const TokenKey *keep, TimestampTz now)
+{
+	Datum		values[3] = {CStringGetTextDatum(user_id),
+		keep ? key_datum(keep) : (Datum) 0, TimestampTzGetDatum(now)};
+	char		nulls[3] = {' ', keep ? ' ' : 'n', ' '};
+
+	return revoked_from_result(store_exec(STMT_DELETE_USER, values, nulls, 0),
+							   true);
+}
+
+/*
+ * Delete up to `batch` dead rows, skipping rows other transactions hold;
+ * returns how many went.
+ */
+int64
+store_sweep(TimestampTz now, int batch)
+{
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
+
+	return (int64) store_exec(STMT_SWEEP, values, NULL, 0);
+}

@@ -1,0 +1,61 @@
+/*
+ * store.h: the token table, through SPI.
+ */
+#ifndef TOKENSTORE_STORE_H
+#define TOKENSTORE_STORE_H
+
+#include "nodes/pg_list.h"
+#include "token.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/* One row of tokenstore.token, copied into the caller's memory. */
+typedef struct TokenRow
+{
+	TokenKey	key;
+	char	   *user_id;
+	Jsonb	   *info;
+	TimestampTz created_at;
+	TimestampTz last_used_at;
+	bool		has_expires;	/* absolute deadline set? */
+	TimestampTz expires_at;
+	int64		idle_us;		/* idle timeout in microseconds, 0: none */
+	bytea	   *share_secret;	/* sealed token of a share-mode row, or NULL */
+} TokenRow;
+
+/* A live token that a call revoked: what events (and caches) need of it. */
+typedef struct RevokedToken
+{
+	TokenKey	key;
+	char	   *user_id;
+} RevokedToken;
+
+extern TimestampTz token_deadline(const TokenRow *row, bool *has_deadline);
+
+extern void store_begin(void);
+extern void store_end(void);
+
+extern bool store_find(const TokenKey *key, TimestampTz now, TokenRow *row);
+extern bool store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row);
+extern void store_touch(const TokenKey *key, TimestampTz now);
+extern List *store_list(const char *user_id, TimestampTz now);
+
+extern bool store_insert(const TokenRow *row);
+extern void store_lock_user(const char *user_id);
+extern List *store_revoke_lru(const char *user_id, TimestampTz now, int64 keep);
+extern bool store_find_share(const char *user_id, TimestampTz now,
+							 TokenKey *key, bytea **sealed);
+extern bytea *store_secret(void);
+
+extern bool store_refresh(const TokenKey *key, TimestampTz now,
+						  bool has_expires, TimestampTz expires_at);
+extern bool store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info);
+extern void store_shorten(const TokenKey *key, TimestampTz deadline);
+
+extern RevokedToken *store_delete(const TokenKey *key, TimestampTz now);
+extern RevokedToken *store_delete_id(const uint8 *id_bytes, TimestampTz now);
+extern List *store_delete_user(const char *user_id, const TokenKey *keep,
+							   TimestampTz now);
+extern int64 store_sweep(TimestampTz now, int batch);
+
+#endif

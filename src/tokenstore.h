@@ -1,0 +1,24 @@
+/*
+ * tokenstore.h: the settings every room reads, defined in tokenstore.c.
+ */
+#ifndef TOKENSTORE_H
+#define TOKENSTORE_H
+
+typedef enum LoginMode
+{
+	LOGIN_MULTI,
+	LOGIN_SINGLE,
+	LOGIN_SHARE
+} LoginMode;
+
+extern char *tokenstore_token_prefix;
+extern int	tokenstore_default_ttl;
+extern int	tokenstore_default_idle_timeout;
+extern int	tokenstore_login_mode;
+extern int	tokenstore_max_tokens_per_user;
+extern int	tokenstore_touch_interval;
+extern bool tokenstore_notify;
+
+extern bool login_mode_parse(const char *name, LoginMode *mode);
+
+#endif

@@ -1,0 +1,133 @@
+/*
+ * tokenstore--1.0.sql: the install script of CREATE EXTENSION tokenstore.
+ *
+ * The table is the truth.  Applications never touch it: they call the
+ * functions below, which run as the extension's owner (SECURITY DEFINER) and
+ * resolve every name they use in pg_catalog and tokenstore only, whatever the
+ * caller's search_path says (the C code pushes its own search path; a SET
+ * clause here would cost more than the whole cached check).
+ */
+
+\echo Use "CREATE EXTENSION tokenstore" to load this file. \quit
+
+/*
+ * One row per token, keyed by the SHA-256 of the token's bytes.  The token
+ * itself is never stored, except for share-mode tokens, which must be handed
+ * out again: for those share_secret holds the token encrypted with the key
+ * in tokenstore.secret.  idle_timeout is kept as a plain duration (no days or
+ * months) so that every deadline is exact arithmetic.
+ */
+CREATE TABLE tokenstore.token (
+	token_hash		bytea PRIMARY KEY
+		CHECK (octet_length(token_hash) = 32),
+	user_id			text NOT NULL
+		CHECK (user_id <> '' AND octet_length(user_id) <= 64),
+	info			jsonb NOT NULL DEFAULT '{}'
+		CHECK (jsonb_typeof(info) = 'object'),
+	created_at		timestamptz NOT NULL,
+	last_used_at	timestamptz NOT NULL,
+	expires_at		timestamptz,
+	idle_timeout	interval
+		CHECK (idle_timeout > '0' AND date_part('day', idle_timeout) = 0
+			   AND date_part('month', idle_timeout) = 0),
+	share_secret	bytea
+);
+
+COMMENT ON TABLE tokenstore.token IS
+	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';
+COMMENT ON COLUMN tokenstore.token.expires_at IS
+	'absolute deadline (NULL: none); the idle deadline is last_used_at + idle_timeout';
+COMMENT ON COLUMN tokenstore.token.share_secret IS
+	'share-mode tokens only: the token, encrypted with tokenstore.secret';
+
+CREATE INDEX token_user_id_idx ON tokenstore.token (user_id);
+CREATE INDEX token_expires_at_idx ON tokenstore.token (expires_at)
+	WHERE expires_at IS NOT NULL;
+
+/* The per-database key that encrypts share-mode tokens: 244 random bits. */
+CREATE TABLE tokenstore.secret (
+	key				bytea NOT NULL CHECK (octet_length(key) = 32),
+	only_one		boolean PRIMARY KEY DEFAULT true CHECK (only_one)
+);
+INSERT INTO tokenstore.secret (key)
+	SELECT sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text,
+							 'UTF8'));
+
+/* Tokens and the key belong in pg_dump's output. */
+SELECT pg_catalog.pg_extension_config_dump('tokenstore.token', '');
+SELECT pg_catalog.pg_extension_config_dump('tokenstore.secret', '');
+
+REVOKE ALL ON tokenstore.token, tokenstore.secret FROM PUBLIC;
+GRANT USAGE ON SCHEMA tokenstore TO PUBLIC;
+
+CREATE FUNCTION tokenstore.token_make(user_id text,
+									  info jsonb DEFAULT '{}',
+									  ttl interval DEFAULT NULL,
+									  idle_timeout interval DEFAULT NULL,
+									  mode text DEFAULT NULL,
+									  max_tokens integer DEFAULT NULL,
+									  token text DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_make'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_user(token text)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_user'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_check(token text,
+									   OUT user_id text,
+									   OUT info jsonb,
+									   OUT created_at timestamptz,
+									   OUT last_used_at timestamptz,
+									   OUT expires_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_check'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER ROWS 1;
+
+CREATE FUNCTION tokenstore.token_list(user_id text,
+									  OUT token_id text,
+									  OUT info jsonb,
+									  OUT created_at timestamptz,
+									  OUT last_used_at timestamptz,
+									  OUT expires_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_list'
+	LANGUAGE C VOLATILE SECURITY DEFINER ROWS 5;
+
+CREATE FUNCTION tokenstore.token_refresh(token text, ttl interval DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_refresh'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_set_info(token text, info jsonb)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_set_info'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_delete(token text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_delete'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_delete_id(token_id text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_delete_id'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_delete_user(user_id text,
+											 keep_token text DEFAULT NULL)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_delete_user'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_rotate(token text, grace interval DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_rotate'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_sweep()
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_sweep'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
