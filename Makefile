@@ -13,11 +13,11 @@ PG_CPPFLAGS = -I$(srcdir)/src
 
 # pg_regress: sql/ and expected/ (installcheck starts a throwaway server)
 REGRESS = setup make check list modes expiry revoke rotate errors \
-	privileges notify transactions
+	privileges transactions
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/tokenstore.conf
 
 # isolation: test/isolation/specs and test/isolation/expected
-ISOLATION = login_limit revoke_visibility
+ISOLATION = login_limit revoke_visibility notify
 ISOLATION_OPTS = --temp-instance=tmp_isolation \
 	--temp-config=test/tokenstore.conf --inputdir=test/isolation \
 	--outputdir=output_iso

@@ -274,8 +274,7 @@ shared_token(const char *user_id, TimestampTz now)
 				 errmsg("the share-mode token of user \"%s\" cannot be recovered",
 						user_id),
 				 errdetail("Its sealed copy does not match tokenstore.secret."),
-				 errhint("Revoke it with tokenstore.token_delete_id('%s').",
-						 token_id_text(&key))));
+				 errhint("Revoke it by the token_id that token_list shows, or with token_delete_user.")));
 	return token;
 }
 

@@ -462,7 +462,19 @@ store_lock_user(const char *user_id)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
-/* Collect (token_hash, user_id[, live]) results as RevokedToken *s. */
+static int
+revoked_cmp(const ListCell *a, const ListCell *b)
+{
+	const RevokedToken *ra = lfirst(a);
+	const RevokedToken *rb = lfirst(b);
+
+	return memcmp(ra->key.bytes, rb->key.bytes, sizeof(ra->key.bytes));
+}
+
+/*
+ * Collect (token_hash, user_id[, live]) results as RevokedToken *s, in key
+ * order: RETURNING has none, and events should not depend on scan order.
+ */
 static List *
 revoked_from_result(uint64 n, bool has_live)
 {
@@ -484,6 +496,7 @@ revoked_from_result(uint64 n, bool has_live)
 		revoked = lappend(revoked, r);
 		MemoryContextSwitchTo(old);
 	}
+	list_sort(revoked, revoked_cmp);
 	return revoked;
 }
 

@@ -1,0 +1,71 @@
+-- token_user / token_check: answers, recording uses, the README idioms.
+SELECT tokenstore.token_make('alice', '{"role": "admin"}') AS t \gset
+
+SELECT user_id, info, created_at <= last_used_at AS used_after_made,
+	   expires_at IS NULL AS no_deadline
+  FROM tokenstore.token_check(:'t');
+
+-- NULL and unknown tokens: NULL and no row
+SELECT tokenstore.token_user(NULL) IS NULL AS null_token;
+SELECT count(*) AS null_rows FROM tokenstore.token_check(NULL);
+SELECT tokenstore.token_user('no-such-token-at-all') IS NULL AS unknown_token;
+SELECT count(*) AS unknown_rows FROM tokenstore.token_check('no-such-token-at-all');
+
+-- a use is written to the table only when the stored one is older than
+-- tokenstore.touch_interval (default 1 s)
+UPDATE tokenstore.token SET last_used_at = now() - interval '500 ms'
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'))
+RETURNING last_used_at AS recent \gset
+SELECT tokenstore.token_user(:'t');
+SELECT last_used_at = :'recent' AS not_written_yet FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'));
+UPDATE tokenstore.token SET last_used_at = now() - interval '5 s'
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'))
+RETURNING last_used_at AS stale \gset
+SELECT tokenstore.token_user(:'t');
+SELECT last_used_at > :'stale' AS written FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'));
+SET tokenstore.touch_interval = 0;
+SELECT last_used_at AS before FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8')) \gset
+SELECT tokenstore.token_user(:'t');
+SELECT last_used_at > :'before' AS written_every_use FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'));
+RESET tokenstore.touch_interval;
+
+-- a read-only transaction (or a standby) can check; the use is not written
+UPDATE tokenstore.token SET last_used_at = now() - interval '1 minute'
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'))
+RETURNING last_used_at AS stale \gset
+BEGIN READ ONLY;
+SELECT tokenstore.token_user(:'t') AS read_only_check;
+COMMIT;
+SELECT last_used_at = :'stale' AS not_written FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'));
+
+-- idiom: authenticate and fetch the user in one round trip
+CREATE TABLE users (id bigint PRIMARY KEY, name text);
+INSERT INTO users VALUES (42, 'Alice'), (43, 'Bob');
+SELECT tokenstore.token_make('42') AS t42 \gset
+PREPARE me(text) AS
+	SELECT u.* FROM users u WHERE u.id = tokenstore.token_user($1)::bigint;
+EXECUTE me(:'t42');
+EXECUTE me('not-a-valid-token-123');
+
+-- idiom: row-level security keyed on the session's token
+CREATE TABLE notes (owner bigint, body text);
+INSERT INTO notes VALUES (42, 'alice''s note'), (43, 'bob''s note');
+ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_notes ON notes
+	USING (owner = (SELECT tokenstore.token_user(current_setting('app.token', true))::bigint));
+CREATE ROLE tokenstore_rls_app;
+GRANT SELECT ON notes TO tokenstore_rls_app;
+SET ROLE tokenstore_rls_app;
+SELECT body FROM notes;
+SELECT set_config('app.token', :'t42', false) IS NOT NULL AS token_set;
+SELECT body FROM notes;
+RESET ROLE;
+
+DROP TABLE notes, users;
+DROP ROLE tokenstore_rls_app;
+SELECT tokenstore.token_delete_user(u) FROM unnest(ARRAY['alice', '42']) u;

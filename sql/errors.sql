@@ -1,0 +1,59 @@
+-- Bad input: every error has a code and a message a person can act on,
+-- and leaves no half-made token behind.
+\set SHOW_CONTEXT never
+
+-- user ids
+SELECT tokenstore.token_make(NULL);
+SELECT tokenstore.token_make('');
+SELECT tokenstore.token_make(repeat('x', 65));
+SELECT tokenstore.token_make(repeat('é', 33));
+SELECT tokenstore.token_list(NULL);
+SELECT tokenstore.token_delete_user('');
+-- info
+SELECT tokenstore.token_make('err', '[1, 2]');
+SELECT tokenstore.token_make('err', '"text"');
+SELECT tokenstore.token_make('err', 'null');
+SELECT tokenstore.token_set_info('whatever-token-1', '42');
+-- deadlines
+SELECT tokenstore.token_make('err', ttl => '0');
+SELECT tokenstore.token_make('err', ttl => '-5 minutes');
+SELECT tokenstore.token_make('err', ttl => '1 month -40 days');
+SELECT tokenstore.token_make('err', idle_timeout => '0 seconds');
+SELECT tokenstore.token_make('err', idle_timeout => '-1 hour');
+SELECT tokenstore.token_refresh('whatever-token-1', '-1 day');
+SELECT tokenstore.token_rotate('whatever-token-1', grace => '-1 second');
+SET tokenstore.default_ttl = -1;
+-- modes and limits
+SELECT tokenstore.token_make('err', mode => 'double');
+SELECT tokenstore.token_make('err', mode => 'Single');
+SELECT tokenstore.token_make('err', max_tokens => -1);
+SET tokenstore.login_mode = 'double';
+SET tokenstore.max_tokens_per_user = -1;
+-- caller-provided tokens
+SELECT tokenstore.token_make('err', token => 'short');
+SELECT tokenstore.token_make('err', token => repeat('x', 1025));
+SELECT tokenstore.token_make('err', token => 'tks_' || repeat('A', 49));
+SELECT tokenstore.token_make('err', mode => 'share', token => 'a-shared-token-given');
+-- token ids
+SELECT tokenstore.token_delete_id('xyz');
+SELECT tokenstore.token_delete_id(repeat('g', 32));
+
+-- the codes, pinned
+SELECT stmt, sqlstate_of(stmt) FROM (VALUES
+	('SELECT tokenstore.token_make(NULL)'),
+	('SELECT tokenstore.token_make('''')'),
+	('SELECT tokenstore.token_make(repeat(''x'', 65))'),
+	('SELECT tokenstore.token_make(''err'', ''[]'')'),
+	('SELECT tokenstore.token_make(''err'', ttl => ''0'')'),
+	('SELECT tokenstore.token_make(''err'', idle_timeout => ''-1 s'')'),
+	('SELECT tokenstore.token_make(''err'', mode => ''x'')'),
+	('SELECT tokenstore.token_make(''err'', max_tokens => -1)'),
+	('SELECT tokenstore.token_make(''err'', token => ''short'')'),
+	('SELECT tokenstore.token_make(''dup'', token => ''duplicate-token-1'')'),
+	('SELECT tokenstore.token_make(''dup'', token => ''duplicate-token-1'')'),
+	('SELECT tokenstore.token_delete_id(''xyz'')')
+) AS s(stmt);
+
+-- nothing was made for the failed calls
+SELECT count(*) AS err_rows FROM tokenstore.token WHERE user_id = 'err';
+SELECT tokenstore.token_delete_user('dup');

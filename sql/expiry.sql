@@ -1,0 +1,88 @@
+-- Deadlines: ttl (absolute), idle_timeout (since last use), refresh, sweep.
+-- Deadlines are moved into the past by editing the table, as an operator
+-- may; one test waits on the real clock.
+SET tokenstore.touch_interval = 0;
+
+SELECT tokenstore.token_make('exp', ttl => '1 hour') AS t \gset
+SELECT expires_at - created_at AS ttl FROM tokenstore.token_check(:'t');
+SELECT tokenstore.token_make('exp', idle_timeout => '30 min') AS i \gset
+SELECT expires_at - last_used_at AS idle FROM tokenstore.token_check(:'i');
+-- both: the earlier deadline shows
+SELECT tokenstore.token_make('exp', ttl => '1 hour', idle_timeout => '10 min') AS b \gset
+SELECT expires_at - last_used_at AS earlier FROM tokenstore.token_check(:'b');
+-- idle timeouts are kept as plain durations: a day is 24 hours
+SELECT tokenstore.token_make('exp', idle_timeout => '1 day') AS d \gset
+SELECT idle_timeout FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'d', 'UTF8'));
+
+-- past its absolute deadline a token is dead everywhere, before any sweep
+UPDATE tokenstore.token SET expires_at = now() - interval '1 s'
+ WHERE token_hash = sha256(convert_to(:'t', 'UTF8'));
+SELECT tokenstore.token_user(:'t') AS user_of_dead;
+SELECT count(*) AS check_rows FROM tokenstore.token_check(:'t');
+SELECT count(*) AS listed FROM tokenstore.token_list('exp')
+ WHERE token_id = encode(substr(sha256(convert_to(:'t', 'UTF8')), 1, 16), 'hex');
+SELECT tokenstore.token_refresh(:'t', '1 hour') AS refresh_never_resurrects;
+SELECT tokenstore.token_set_info(:'t', '{"x": 1}') AS set_info_dead;
+SELECT tokenstore.token_rotate(:'t') IS NULL AS rotate_dead;
+SELECT tokenstore.token_user(:'t') AS still_dead;
+
+-- idle: dead once last_used_at + idle_timeout has passed
+UPDATE tokenstore.token SET last_used_at = now() - interval '31 min'
+ WHERE token_hash = sha256(convert_to(:'i', 'UTF8'));
+SELECT tokenstore.token_user(:'i') AS idle_dead;
+-- a use keeps an idle token alive: its deadline moves with last_used_at
+UPDATE tokenstore.token SET last_used_at = now() - interval '9 min'
+ WHERE token_hash = sha256(convert_to(:'b', 'UTF8'));
+SELECT tokenstore.token_user(:'b') AS used_in_time;
+SELECT expires_at > now() + interval '9 min' AS deadline_moved FROM tokenstore.token_check(:'b');
+
+-- the real clock: a token of 200 ms is dead 300 ms later
+SELECT tokenstore.token_make('exp', ttl => '200 ms') AS short \gset
+SELECT tokenstore.token_user(:'short') AS alive_now;
+SELECT pg_sleep(0.3);
+SELECT tokenstore.token_user(:'short') AS dead_later;
+
+-- defaults from the settings (0 = none)
+SET tokenstore.default_ttl = '2h';
+SET tokenstore.default_idle_timeout = '15min';
+SELECT tokenstore.token_make('exp') AS g \gset
+SELECT expires_at - last_used_at AS idle_default,
+	   (SELECT expires_at - created_at FROM tokenstore.token
+		 WHERE token_hash = sha256(convert_to(:'g', 'UTF8'))) AS ttl_default
+  FROM tokenstore.token_check(:'g');
+RESET tokenstore.default_ttl;
+RESET tokenstore.default_idle_timeout;
+SELECT expires_at IS NULL AS no_deadline
+  FROM tokenstore.token_check(tokenstore.token_make('exp'));
+
+-- refresh: the absolute deadline becomes now + ttl
+SELECT tokenstore.token_make('exp', ttl => '1 minute') AS r \gset
+SELECT tokenstore.token_refresh(:'r', '2 hours') AS refreshed;
+SELECT expires_at - last_used_at AS new_ttl FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'r', 'UTF8'));
+SET tokenstore.default_ttl = '3h';
+SELECT tokenstore.token_refresh(:'r') AS refreshed_default;
+SELECT expires_at - last_used_at AS default_ttl FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'r', 'UTF8'));
+RESET tokenstore.default_ttl;
+-- with no ttl and no default, refresh lifts the absolute deadline
+SELECT tokenstore.token_refresh(:'r') AS refreshed_no_deadline;
+SELECT expires_at IS NULL AS no_deadline FROM tokenstore.token_check(:'r');
+SELECT tokenstore.token_refresh(NULL) AS null_token;
+SELECT tokenstore.token_refresh('unknown-token-xyz', '1 hour') AS unknown;
+
+-- token_set_info replaces the info of a live token
+SELECT tokenstore.token_set_info(:'r', '{"theme": "dark"}') AS set;
+SELECT info FROM tokenstore.token_check(:'r');
+SELECT tokenstore.token_set_info(:'r', NULL) AS cleared;
+SELECT info FROM tokenstore.token_check(:'r');
+SELECT tokenstore.token_set_info(NULL, '{}') AS null_token;
+
+-- sweep removes dead rows, and only those
+SELECT count(*) AS rows_before FROM tokenstore.token WHERE user_id = 'exp';
+SELECT tokenstore.token_sweep() AS swept;
+SELECT count(*) AS rows_after FROM tokenstore.token WHERE user_id = 'exp';
+SELECT tokenstore.token_sweep() AS swept_again;
+
+SELECT tokenstore.token_delete_user('exp');
+RESET tokenstore.touch_interval;
