@@ -5,7 +5,8 @@
 
 EXTENSION = tokenstore
 MODULE_big = tokenstore
-OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o
+OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
+	src/cache.o src/xact.o src/worker.o
 DATA = tokenstore--1.0.sql
 PGFILEDESC = "tokenstore - session and API-token store"
 

@@ -60,6 +60,45 @@ SELECT pg_catalog.pg_extension_config_dump('tokenstore.secret', '');
 REVOKE ALL ON tokenstore.token, tokenstore.secret FROM PUBLIC;
 GRANT USAGE ON SCHEMA tokenstore TO PUBLIC;
 
+/*
+ * The hot tier.  With tokenstore preloaded, checks record uses in shared
+ * memory; last_used() is the later of a row's stored last use and the one
+ * the cache recorded since, and the functions judge every deadline on it.
+ */
+CREATE FUNCTION tokenstore.last_used(token_hash bytea, stored timestamptz)
+	RETURNS timestamptz
+	AS 'MODULE_PATHNAME', 'token_last_used'
+	LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION tokenstore.last_used(bytea, timestamptz) FROM PUBLIC;
+
+/*
+ * Every committed change to a row reaches the cache through these triggers
+ * (see src/xact.c).  Updates that only move last_used_at forward, as the
+ * worker's flushes do, are no change to the cache.  ENABLE ALWAYS: they fire
+ * under session_replication_role = replica too.
+ */
+CREATE FUNCTION tokenstore.token_cache_sync()
+	RETURNS trigger
+	AS 'MODULE_PATHNAME', 'token_cache_sync'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION tokenstore.token_cache_sync() FROM PUBLIC;
+
+CREATE TRIGGER token_cache_update AFTER UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (OLD.token_hash IS DISTINCT FROM NEW.token_hash
+		  OR OLD.user_id IS DISTINCT FROM NEW.user_id
+		  OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+		  OR OLD.idle_timeout IS DISTINCT FROM NEW.idle_timeout
+		  OR NEW.last_used_at < OLD.last_used_at)
+	EXECUTE FUNCTION tokenstore.token_cache_sync();
+CREATE TRIGGER token_cache_delete AFTER DELETE ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore.token_cache_sync();
+CREATE TRIGGER token_cache_truncate AFTER TRUNCATE ON tokenstore.token
+	FOR EACH STATEMENT EXECUTE FUNCTION tokenstore.token_cache_sync();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_update;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_delete;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_truncate;
+
 CREATE FUNCTION tokenstore.token_make(user_id text,
 									  info jsonb DEFAULT '{}',
 									  ttl interval DEFAULT NULL,
@@ -131,3 +170,33 @@ CREATE FUNCTION tokenstore.token_sweep()
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'token_sweep'
 	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_flush()
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_flush'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+
+CREATE FUNCTION tokenstore.token_stats(OUT datname text,
+									   OUT cached bigint,
+									   OUT dirty bigint,
+									   OUT last_flush timestamptz,
+									   OUT last_sweep timestamptz,
+									   OUT rows_flushed bigint,
+									   OUT rows_swept bigint,
+									   OUT capacity bigint,
+									   OUT entries bigint,
+									   OUT hits bigint,
+									   OUT misses bigint,
+									   OUT fills bigint,
+									   OUT full bigint,
+									   OUT evictions bigint)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_stats'
+	LANGUAGE C VOLATILE;
+
+/*
+ * One row per database with tokenstore: its cached and dirty entries, its
+ * worker's last flush and sweep; and the cache-wide counters.
+ */
+CREATE VIEW tokenstore.stats AS SELECT * FROM tokenstore.token_stats();
+GRANT SELECT ON tokenstore.stats TO PUBLIC;

@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "cache.h"
 #include "datatype/timestamp.h"
 #include "event.h"
 #include "fmgr.h"
@@ -19,12 +20,15 @@
 #include "store.h"
 #include "token.h"
 #include "tokenstore.h"
+#include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "worker.h"
+#include "xact.h"
 
-#define USER_ID_MAX_BYTES	64
+#define USER_ID_MAX_BYTES	CACHE_USER_ID_MAX
 
 PG_FUNCTION_INFO_V1(token_make);
 PG_FUNCTION_INFO_V1(token_user);
@@ -37,6 +41,9 @@ PG_FUNCTION_INFO_V1(token_delete_id);
 PG_FUNCTION_INFO_V1(token_delete_user);
 PG_FUNCTION_INFO_V1(token_rotate);
 PG_FUNCTION_INFO_V1(token_sweep);
+PG_FUNCTION_INFO_V1(token_flush);
+PG_FUNCTION_INFO_V1(token_last_used);
+PG_FUNCTION_INFO_V1(token_stats);
 
 /* ---- arguments ---- */
 
@@ -249,6 +256,28 @@ duplicate_token_error(void)
 			 errmsg("token already exists")));
 }
 
+/* What the cache keeps of a row. */
+static void
+cache_values(const TokenRow *row, CacheValues *values)
+{
+	values->user_len = strlen(row->user_id);
+	memcpy(values->user_id, row->user_id, values->user_len);
+	values->expires_at = row->has_expires ? row->expires_at : DT_NOEND;
+	values->idle_us = row->idle_us;
+}
+
+/* Have a new token in the cache when its transaction commits. */
+static void
+prewarm(const TokenRow *row)
+{
+	CacheValues values;
+
+	if (!cache_enabled())
+		return;
+	cache_values(row, &values);
+	xact_queue_fill(&row->key, &values, row->last_used_at);
+}
+
 /* ---- token_make ---- */
 
 /*
@@ -318,6 +347,7 @@ token_make(PG_FUNCTION_ARGS)
 	if (!store_insert(&row))
 		duplicate_token_error();
 	store_end();
+	prewarm(&row);
 
 	event_revoked("replace", revoked);
 	event_token("make", row.user_id, &row.key, NULL);
@@ -327,35 +357,91 @@ token_make(PG_FUNCTION_ARGS)
 /* ---- checks ---- */
 
 /*
- * Find the live token of the argument and record this use; the row shows the
- * use (last_used_at = now) whether or not the table was written.
+ * Record a use of a live token found in the table: in its cache entry, or in
+ * a new one if this transaction may fill the cache (the generation was read
+ * before the table), or else in the table once touch_interval has passed.
+ */
+static void
+record_use(const TokenRow *row, TimestampTz now, bool may_fill,
+		   uint64 generation)
+{
+	CacheValues values;
+
+	if (cache_enabled())
+	{
+		if (cache_record_use(&row->key, now))
+			return;
+		cache_values(row, &values);
+		if (may_fill && cache_fill(&row->key, &values, now, true, generation))
+			return;
+	}
+	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000)
+		store_touch(&row->key, now);
+}
+
+/*
+ * Find the live token with this key in the table and record this use; the
+ * row shows the use (last_used_at = now) wherever it was recorded.
  */
 static bool
-check_token(FunctionCallInfo fcinfo, int argno, TokenRow *row)
+check_in_table(const TokenKey *key, TimestampTz now, TokenRow *row)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	TokenKey	key;
+	bool		may_fill = cache_enabled() && xact_may_fill();
+	uint64		generation = may_fill ? cache_generation(key) : 0;
 	bool		found;
 
-	if (!arg_token(fcinfo, argno, &key))
-		return false;
 	store_begin();
-	found = store_find(&key, now, row);
-	if (found &&
-		row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000)
-		store_touch(&key, now);
+	found = store_find(key, now, row);
+	if (found)
+		record_use(row, now, may_fill, generation);
 	store_end();
 	if (found)
 		row->last_used_at = now;
 	return found;
 }
 
+static bool
+check_token(FunctionCallInfo fcinfo, int argno, TokenRow *row)
+{
+	TokenKey	key;
+
+	if (!arg_token(fcinfo, argno, &key))
+		return false;
+	return check_in_table(&key, GetCurrentTimestamp(), row);
+}
+
+/*
+ * The hot path: on a cache hit no table is read and nothing is written.
+ * A transaction that changed tokens reads the table, which shows its own
+ * changes; the cache shows them only after commit.
+ */
 Datum
 token_user(PG_FUNCTION_ARGS)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	key;
 	TokenRow	row;
 
-	if (!check_token(fcinfo, 0, &row))
+	if (!arg_token(fcinfo, 0, &key))
+		PG_RETURN_NULL();
+	if (cache_enabled() && !xact_has_token_changes())
+	{
+		CacheValues values;
+
+		switch (cache_check(&key, now, &values))
+		{
+			case CACHE_LIVE:
+				PG_RETURN_TEXT_P(cstring_to_text_with_len(values.user_id,
+														  values.user_len));
+			case CACHE_DEAD:
+				cache_drop_dead(&key, now);
+				break;
+			case CACHE_MISS:
+				break;
+		}
+		cache_count_miss();
+	}
+	if (!check_in_table(&key, now, &row))
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(row.user_id));
 }
@@ -552,6 +638,7 @@ token_rotate(PG_FUNCTION_ARGS)
 	else
 		store_shorten(&old_key, now + grace);
 	store_end();
+	prewarm(&row);
 
 	event_token("rotate", row.user_id, &row.key, &old_key);
 	PG_RETURN_TEXT_P(token);
@@ -568,4 +655,79 @@ token_sweep(PG_FUNCTION_ARGS)
 	store_end();
 	event_count("sweep", NULL, swept);
 	PG_RETURN_INT64(swept);
+}
+
+/* ---- the hot tier's own entry points ---- */
+
+Datum
+token_flush(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(cache_enabled() ? worker_flush(tokenstore_max_cached_tokens) : 0);
+}
+
+/*
+ * tokenstore.last_used(token_hash, stored): the later of a row's stored last
+ * use and the one the cache has recorded since.  Internal to the store's
+ * statements.
+ */
+Datum
+token_last_used(PG_FUNCTION_ARGS)
+{
+	bytea	   *hash = PG_GETARG_BYTEA_PP(0);
+	TimestampTz stored = PG_GETARG_TIMESTAMPTZ(1);
+	TokenKey	key;
+
+	if (!cache_enabled() || VARSIZE_ANY_EXHDR(hash) != sizeof(key.bytes))
+		PG_RETURN_TIMESTAMPTZ(stored);
+	memcpy(key.bytes, VARDATA_ANY(hash), sizeof(key.bytes));
+	PG_RETURN_TIMESTAMPTZ(Max(stored, cache_last_used(&key)));
+}
+
+static Datum
+timestamp_or_null(TimestampTz t, bool *isnull)
+{
+	*isnull = (t == 0);
+	return TimestampTzGetDatum(t);
+}
+
+/* The rows of the tokenstore.stats view: one per database with tokenstore. */
+Datum
+token_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WorkerDbStats *dbs = palloc(sizeof(WorkerDbStats) * WORKER_MAX_DATABASES);
+	int			ndbs = worker_db_stats(dbs, WORKER_MAX_DATABASES);
+	CacheStats	cache;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	cache_stats(&cache);
+	for (i = 0; i < ndbs; i++)
+	{
+		Datum		values[14];
+		bool		nulls[14] = {0};
+		char	   *datname = get_database_name(dbs[i].dbid);
+		int64		entries = 0;
+		int64		dirty = cache_enabled() ?
+			cache_count_dirty(dbs[i].dbid, &entries) : 0;
+
+		if (datname == NULL)
+			continue;
+		values[0] = CStringGetTextDatum(datname);
+		values[1] = Int64GetDatum(entries);
+		values[2] = Int64GetDatum(dirty);
+		values[3] = timestamp_or_null(dbs[i].last_flush, &nulls[3]);
+		values[4] = timestamp_or_null(dbs[i].last_sweep, &nulls[4]);
+		values[5] = Int64GetDatum(dbs[i].rows_flushed);
+		values[6] = Int64GetDatum(dbs[i].rows_swept);
+		values[7] = Int64GetDatum(cache.capacity);
+		values[8] = Int64GetDatum(cache.entries);
+		values[9] = Int64GetDatum(cache.hits);
+		values[10] = Int64GetDatum(cache.misses);
+		values[11] = Int64GetDatum(cache.fills);
+		values[12] = Int64GetDatum(cache.full);
+		values[13] = Int64GetDatum(cache.evictions);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

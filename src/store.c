@@ -34,6 +34,7 @@
 #include "storage/lock.h"
 #include "store.h"
 #include "tokenstore.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/memutils.h"
@@ -47,10 +48,21 @@
 	"token_hash, user_id, info, created_at, last_used_at, expires_at, " \
 	"idle_timeout, share_secret"
 
+/*
+ * The last use of a row: the later of the table's and the cache's, which
+ * records uses in shared memory and flushes them later.  Every deadline and
+ * every "least recently used" below is judged on it.
+ */
+#define LAST_USED "tokenstore.last_used(token_hash, last_used_at)"
+
+#define READ_COLUMNS \
+	"token_hash, user_id, info, created_at, " LAST_USED ", expires_at, " \
+	"idle_timeout, share_secret"
+
 /* Live at time p: neither deadline has passed. */
 #define LIVE(p) \
 	"((expires_at IS NULL OR expires_at > " p ") AND " \
-	"(idle_timeout IS NULL OR last_used_at + idle_timeout > " p "))"
+	"(idle_timeout IS NULL OR " LAST_USED " + idle_timeout > " p "))"
 
 typedef enum StoreStmt
 {
@@ -69,6 +81,7 @@ typedef enum StoreStmt
 	STMT_DELETE_ID,
 	STMT_DELETE_USER,
 	STMT_SWEEP,
+	STMT_FLUSH,
 	STMT_COUNT
 } StoreStmt;
 
@@ -83,12 +96,12 @@ typedef struct StmtDef
 
 static const StmtDef stmt_defs[STMT_COUNT] = {
 	[STMT_FIND] = {
-		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		"SELECT " READ_COLUMNS " FROM tokenstore.token"
 		" WHERE token_hash = $1 AND " LIVE("$2"),
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
 	[STMT_LOCK_LIVE] = {
-		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		"SELECT " READ_COLUMNS " FROM tokenstore.token"
 		" WHERE token_hash = $1 AND " LIVE("$2") " FOR UPDATE",
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
@@ -100,7 +113,7 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
 	[STMT_LIST] = {
-		"SELECT " ROW_COLUMNS " FROM tokenstore.token"
+		"SELECT " READ_COLUMNS " FROM tokenstore.token"
 		" WHERE user_id = $1 AND " LIVE("$2")
 		" ORDER BY created_at, token_hash",
 		2, {TEXTOID, TIMESTAMPTZOID}
@@ -115,7 +128,7 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"DELETE FROM tokenstore.token WHERE token_hash IN"
 		" (SELECT token_hash FROM tokenstore.token"
 		"   WHERE user_id = $1 AND " LIVE("$2")
-		"   ORDER BY last_used_at DESC, created_at DESC, token_hash OFFSET $3)"
+		"   ORDER BY " LAST_USED " DESC, created_at DESC, token_hash OFFSET $3)"
 		" RETURNING token_hash, user_id",
 		3, {TEXTOID, TIMESTAMPTZOID, INT8OID}
 	},
@@ -131,7 +144,7 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_REFRESH] = {
 		"UPDATE tokenstore.token"
-		"   SET expires_at = $3, last_used_at = greatest(last_used_at, $2)"
+		"   SET expires_at = $3, last_used_at = greatest(" LAST_USED ", $2)"
 		" WHERE token_hash = $1 AND " LIVE("$2"),
 		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
@@ -166,6 +179,12 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" (SELECT token_hash FROM tokenstore.token"
 		"   WHERE NOT " LIVE("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
+	},
+	[STMT_FLUSH] = {
+		"UPDATE tokenstore.token t SET last_used_at = v.used"
+		"  FROM unnest($1, $2) AS v(hash, used)"
+		" WHERE t.token_hash = v.hash AND t.last_used_at < v.used",
+		2, {BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
 	},
 };
 
@@ -643,4 +662,29 @@ store_sweep(TimestampTz now, int batch)
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
 
 	return (int64) store_exec(STMT_SWEEP, values, NULL, 0);
+}
+
+/*
+ * Write last uses collected from the cache; a row only moves forward.
+ * Returns how many rows moved.
+ */
+int64
+store_flush(const CacheDirty *dirty, int n)
+{
+	Datum	   *hashes = palloc(sizeof(Datum) * n);
+	Datum	   *uses = palloc(sizeof(Datum) * n);
+	Datum		values[2];
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		hashes[i] = key_datum(&dirty[i].key);
+		uses[i] = TimestampTzGetDatum(dirty[i].last_used);
+	}
+	values[0] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
+												false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(uses, n, TIMESTAMPTZOID,
+												sizeof(TimestampTz),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return (int64) store_exec(STMT_FLUSH, values, NULL, 0);
 }

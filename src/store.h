@@ -4,6 +4,7 @@
 #ifndef TOKENSTORE_STORE_H
 #define TOKENSTORE_STORE_H
 
+#include "cache.h"
 #include "nodes/pg_list.h"
 #include "token.h"
 #include "utils/jsonb.h"
@@ -57,5 +58,6 @@ extern RevokedToken *store_delete_id(const uint8 *id_bytes, TimestampTz now);
 extern List *store_delete_user(const char *user_id, const TokenKey *keep,
 							   TimestampTz now);
 extern int64 store_sweep(TimestampTz now, int batch);
+extern int64 store_flush(const CacheDirty *dirty, int n);
 
 #endif

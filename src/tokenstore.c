@@ -3,8 +3,11 @@
  * tokenstore.c
  *	  Loading the module: every tokenstore.* setting is defined here.
  *
- * All settings can be changed per session or per role, since the functions
- * take the same choices as arguments anyway.
+ * The settings of the functions can be changed per session or per role,
+ * since the functions take the same choices as arguments anyway.  Those of
+ * the background reload on SIGHUP; the size of the cache needs a restart.
+ * When tokenstore is not in shared_preload_libraries there is no cache and
+ * no worker, and the functions work on the table alone.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,11 +15,17 @@
 
 #include <limits.h>
 
+#include "cache.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "token.h"
 #include "tokenstore.h"
 #include "utils/guc.h"
+#include "worker.h"
+#include "xact.h"
 
 PG_MODULE_MAGIC;
 
@@ -29,6 +38,12 @@ int			tokenstore_login_mode = LOGIN_MULTI;
 int			tokenstore_max_tokens_per_user = 0;
 int			tokenstore_touch_interval = 1000;
 bool		tokenstore_notify = false;
+int			tokenstore_max_cached_tokens = 100000;
+int			tokenstore_flush_interval = 10000;
+int			tokenstore_sweep_interval = 60;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static const struct config_enum_entry login_mode_options[] = {
 	{"multi", LOGIN_MULTI, false},
@@ -76,6 +91,45 @@ check_token_prefix(char **newval, void **extra, GucSource source)
 		}
 	}
 	return true;
+}
+
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	cache_shmem_request();
+	worker_shmem_request();
+}
+
+static void
+shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cache_shmem_startup();
+	worker_shmem_startup();
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+define_background_settings(void)
+{
+	DefineCustomIntVariable("tokenstore.flush_interval",
+							"How often the worker writes last uses from the cache to the table.",
+							NULL,
+							&tokenstore_flush_interval,
+							10000, 100, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("tokenstore.sweep_interval",
+							"How often the worker deletes expired tokens.",
+							NULL,
+							&tokenstore_sweep_interval,
+							60, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 }
 
 void
@@ -133,6 +187,24 @@ _PG_init(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	define_background_settings();
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("tokenstore.max_cached_tokens",
+								"Capacity of the shared-memory token cache (0: no cache).",
+								NULL,
+								&tokenstore_max_cached_tokens,
+								100000, 0, INT_MAX / 2,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = shmem_startup;
+		xact_init();
+		worker_register_launcher();
+	}
 
 	MarkGUCPrefixReserved("tokenstore");
 }

@@ -18,6 +18,9 @@ extern int	tokenstore_login_mode;
 extern int	tokenstore_max_tokens_per_user;
 extern int	tokenstore_touch_interval;
 extern bool tokenstore_notify;
+extern int	tokenstore_max_cached_tokens;
+extern int	tokenstore_flush_interval;
+extern int	tokenstore_sweep_interval;
 
 extern bool login_mode_parse(const char *name, LoginMode *mode);
 

@@ -32,12 +32,14 @@ else
 fi
 
 psql_demo() { as_postgres "$BIN/psql" -X -h "$DIR" -p "$PORT" -U postgres "$@"; }
-psql_demo -q -c 'CREATE EXTENSION IF NOT EXISTS tokenstore'
-psql_demo -q -v ON_ERROR_STOP=1 -e -f test/demo.sql
+# A database of the demo's own, with the extension as this build installs it.
+psql_demo -q -d postgres -c 'DROP DATABASE IF EXISTS tokenstore_demo' -c 'CREATE DATABASE tokenstore_demo'
+psql_demo -q -d tokenstore_demo -c 'CREATE EXTENSION tokenstore'
+psql_demo -q -d tokenstore_demo -v ON_ERROR_STOP=1 -e -f test/demo.sql
 
 cat <<MSG
 
 tokenstore is running on a local server (socket folder $DIR, port $PORT).
-  connect:  runuser -u postgres -- $BIN/psql -h $DIR -p $PORT -U postgres
+  connect:  runuser -u postgres -- $BIN/psql -h $DIR -p $PORT -U postgres tokenstore_demo
   stop:     runuser -u postgres -- $BIN/pg_ctl -D $DIR/data stop
 MSG

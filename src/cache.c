@@ -1,0 +1,682 @@
+/*-------------------------------------------------------------------------
+ *
+ * cache.c
+ *	  The hot tier: a fixed-size, partitioned hash in shared memory from
+ *	  (database, SHA-256 of a token) to what a check needs: the user id, the
+ *	  deadlines and the last use.
+ *
+ * An entry is 128 bytes (plus dynahash's 16-byte element header and its
+ * bucket pointers).  It never holds the token, and never the token's info.
+ *
+ * Locking rules
+ * -------------
+ * - Each of CACHE_PARTITIONS LWLocks guards the entries whose hash code
+ *   falls in its partition (the low bits; the hash code is taken from the
+ *   SHA-256 itself, which is uniform).
+ * - A hit takes its partition lock in shared mode, copies what it needs and
+ *   records the use with an atomic write of the entry's "used" word; no
+ *   exclusive lock and no spinlock.  Concurrent hits on one entry may store
+ *   their clocks in either order; the difference is microseconds.
+ * - The used word packs the last use (microseconds) shifted left by one with
+ *   a dirty bit, set by every use and cleared by a flush with a
+ *   compare-and-swap, so a use that lands during a flush stays dirty.
+ * - Inserting, changing and removing entries take the partition lock
+ *   exclusively, for a hash operation and a few stores: never across I/O,
+ *   SPI or anything that can ERROR.  Inserts use HASH_ENTER_NULL: a full
+ *   cache refuses an entry, it never errors.
+ * - Every change of an entry's token in the table bumps the partition's
+ *   generation counter (see xact.c), so a fill that read the table before
+ *   such a change sees the bump and stays out (cache_generation before the
+ *   read, cache_fill after).
+ * - Passes over the whole table (flush, stats, eviction) take all partition
+ *   locks in shared mode in partition order, as the lock manager does; they
+ *   read and collect, and removals happen afterwards one partition at a
+ *   time.  Only a purge (TRUNCATE, DROP EXTENSION, DROP DATABASE) takes all
+ *   of them exclusively.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/twophase.h"
+#include "cache.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tokenstore.h"
+#include "utils/hsearch.h"
+
+#define CACHE_PARTITIONS	128
+#define CACHE_TRANCHE		"tokenstore cache"
+
+/* Eviction starts above the high watermark and stops at the low one. */
+#define CACHE_HIGH_PERCENT	90
+#define CACHE_LOW_PERCENT	80
+/* Most keys one maintenance pass removes. */
+#define CACHE_MAINTAIN_MAX	100000
+/* Buckets of the age histogram: log2 of the age in milliseconds. */
+#define AGE_BUCKETS			48
+
+typedef struct CacheKey
+{
+	Oid			dbid;
+	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+} CacheKey;
+
+typedef struct CacheEntry
+{
+	CacheKey	key;
+	uint8		user_len;
+	char		user_id[CACHE_USER_ID_MAX];
+	pg_atomic_uint64 used;		/* (last use << 1) | dirty */
+	TimestampTz expires_at;
+	int64		idle_us;
+} CacheEntry;
+
+StaticAssertDecl(sizeof(CacheEntry) == 128, "a cache entry is 128 bytes");
+
+/* Written only by their backend; read by the stats view. */
+typedef struct BackendCounters
+{
+	pg_atomic_uint64 hits;
+	pg_atomic_uint64 misses;
+} BackendCounters;
+
+typedef struct CacheShared
+{
+	pg_atomic_uint64 generation[CACHE_PARTITIONS];
+	pg_atomic_uint64 fills;
+	pg_atomic_uint64 full;
+	pg_atomic_uint64 evictions;
+	int			nbackends;
+	BackendCounters counters[FLEXIBLE_ARRAY_MEMBER];
+} CacheShared;
+
+static CacheShared *shared = NULL;
+static HTAB *htab = NULL;
+static LWLockPadded *locks = NULL;
+
+static int
+backend_slots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(CacheShared, counters),
+					mul_size(backend_slots(), sizeof(BackendCounters)));
+}
+
+Size
+cache_shmem_size(void)
+{
+	return add_size(shared_size(),
+					hash_estimate_size(tokenstore_max_cached_tokens,
+									   sizeof(CacheEntry)));
+}
+
+void
+cache_shmem_request(void)
+{
+	if (tokenstore_max_cached_tokens <= 0)
+		return;
+	RequestAddinShmemSpace(cache_shmem_size());
+	RequestNamedLWLockTranche(CACHE_TRANCHE, CACHE_PARTITIONS);
+}
+
+static uint32
+key_hash(const void *key, Size keysize)
+{
+	const CacheKey *k = key;
+	uint32		h;
+
+	memcpy(&h, k->hash, sizeof(h));
+	return h ^ k->dbid;
+}
+
+/* Attach; the caller holds AddinShmemInitLock. */
+void
+cache_shmem_startup(void)
+{
+	HASHCTL		info;
+	bool		found;
+	int			i;
+
+	shared = NULL;
+	htab = NULL;
+	locks = NULL;
+	if (tokenstore_max_cached_tokens <= 0)
+		return;
+
+	shared = ShmemInitStruct("tokenstore cache", shared_size(), &found);
+	if (!found)
+	{
+		for (i = 0; i < CACHE_PARTITIONS; i++)
+			pg_atomic_init_u64(&shared->generation[i], 0);
+		pg_atomic_init_u64(&shared->fills, 0);
+		pg_atomic_init_u64(&shared->full, 0);
+		pg_atomic_init_u64(&shared->evictions, 0);
+		shared->nbackends = backend_slots();
+		for (i = 0; i < shared->nbackends; i++)
+		{
+			pg_atomic_init_u64(&shared->counters[i].hits, 0);
+			pg_atomic_init_u64(&shared->counters[i].misses, 0);
+		}
+	}
+	locks = GetNamedLWLockTranche(CACHE_TRANCHE);
+
+	info.keysize = sizeof(CacheKey);
+	info.entrysize = sizeof(CacheEntry);
+	info.hash = key_hash;
+	info.num_partitions = CACHE_PARTITIONS;
+	htab = ShmemInitHash("tokenstore cache hash",
+						 tokenstore_max_cached_tokens,
+						 tokenstore_max_cached_tokens,
+						 &info,
+						 HASH_ELEM | HASH_FUNCTION | HASH_PARTITION |
+						 HASH_FIXED_SIZE);
+}
+
+bool
+cache_enabled(void)
+{
+	return htab != NULL;
+}
+
+/* ---- keys, locks and packed uses ---- */
+
+static inline uint32
+make_key(CacheKey *ck, Oid dbid, const TokenKey *key)
+{
+	ck->dbid = dbid;
+	memcpy(ck->hash, key->bytes, sizeof(ck->hash));
+	return key_hash(ck, sizeof(*ck));
+}
+
+static inline LWLock *
+partition_lock(uint32 hashcode)
+{
+	return &locks[hashcode % CACHE_PARTITIONS].lock;
+}
+
+static inline uint64
+used_pack(TimestampTz t, bool dirty)
+{
+	return ((uint64) t << 1) | (dirty ? 1 : 0);
+}
+
+static inline TimestampTz
+used_time(uint64 used)
+{
+	return (TimestampTz) (used >> 1);
+}
+
+static inline bool
+entry_live(const CacheEntry *e, TimestampTz last_used, TimestampTz now)
+{
+	return now < e->expires_at &&
+		(e->idle_us == 0 || now < last_used + e->idle_us);
+}
+
+static void
+lock_all(LWLockMode mode)
+{
+	int			i;
+
+	for (i = 0; i < CACHE_PARTITIONS; i++)
+		LWLockAcquire(&locks[i].lock, mode);
+}
+
+static void
+unlock_all(void)
+{
+	int			i;
+
+	for (i = CACHE_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&locks[i].lock);
+}
+
+static inline BackendCounters *
+my_counters(void)
+{
+	return &shared->counters[MyProc->pgprocno];
+}
+
+static inline void
+count(pg_atomic_uint64 *counter)
+{
+	pg_atomic_write_u64(counter, pg_atomic_read_u64(counter) + 1);
+}
+
+/* ---- the hot path ---- */
+
+/*
+ * Look a token up.  CACHE_LIVE: *values is filled and the use recorded.
+ * CACHE_DEAD: the entry's deadlines have passed.  CACHE_MISS: no entry.
+ */
+CacheResult
+cache_check(const TokenKey *key, TimestampTz now, CacheValues *values)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+	uint64		used;
+	CacheResult result;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e == NULL)
+		result = CACHE_MISS;
+	else
+	{
+		used = pg_atomic_read_u64(&e->used);
+		if (!entry_live(e, used_time(used), now))
+			result = CACHE_DEAD;
+		else
+		{
+			if (now > used_time(used))
+				pg_atomic_write_u64(&e->used, used_pack(now, true));
+			values->user_len = e->user_len;
+			memcpy(values->user_id, e->user_id, e->user_len);
+			values->expires_at = e->expires_at;
+			values->idle_us = e->idle_us;
+			result = CACHE_LIVE;
+		}
+	}
+	LWLockRelease(lock);
+
+	if (result == CACHE_LIVE)
+		count(&my_counters()->hits);
+	return result;
+}
+
+/* Remove an entry whose deadlines have passed (they cannot come back). */
+void
+cache_drop_dead(const TokenKey *key, TimestampTz now)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL && !entry_live(e, used_time(pg_atomic_read_u64(&e->used)), now))
+		hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+	LWLockRelease(lock);
+}
+
+void
+cache_count_miss(void)
+{
+	count(&my_counters()->misses);
+}
+
+/* The generation to pass to cache_fill, read before reading the table. */
+uint64
+cache_generation(const TokenKey *key)
+{
+	CacheKey	ck;
+	uint64		generation;
+
+	generation = pg_atomic_read_u64(&shared->generation[make_key(&ck, MyDatabaseId, key) % CACHE_PARTITIONS]);
+	pg_read_barrier();
+	return generation;
+}
+
+/*
+ * Insert an entry unless one exists, or the partition changed since
+ * `generation` was read; false if the entry is not there afterwards (the
+ * cache refused it: full, or a change raced).  Safe at commit time.
+ */
+bool
+cache_fill(const TokenKey *key, const CacheValues *values,
+		   TimestampTz last_used, bool dirty, uint64 generation)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e = NULL;
+	bool		found = false;
+	bool		raced;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	raced = pg_atomic_read_u64(&shared->generation[hashcode % CACHE_PARTITIONS]) != generation;
+	if (!raced)
+	{
+		e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_ENTER_NULL,
+										&found);
+		if (e != NULL && !found)
+		{
+			e->user_len = values->user_len;
+			memcpy(e->user_id, values->user_id, values->user_len);
+			e->expires_at = values->expires_at;
+			e->idle_us = values->idle_us;
+			pg_atomic_init_u64(&e->used, used_pack(last_used, dirty));
+		}
+	}
+	LWLockRelease(lock);
+
+	if (e != NULL && !found)
+		pg_atomic_fetch_add_u64(&shared->fills, 1);
+	else if (e == NULL && !raced)
+		pg_atomic_fetch_add_u64(&shared->full, 1);
+	return e != NULL;
+}
+
+/* Record a use on an existing entry; false if there is none. */
+bool
+cache_record_use(const TokenKey *key, TimestampTz now)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL && now > used_time(pg_atomic_read_u64(&e->used)))
+		pg_atomic_write_u64(&e->used, used_pack(now, true));
+	LWLockRelease(lock);
+	return e != NULL;
+}
+
+/* The last use the cache knows of, or DT_NOBEGIN. */
+TimestampTz
+cache_last_used(const TokenKey *key)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+	TimestampTz last_used = DT_NOBEGIN;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL)
+		last_used = used_time(pg_atomic_read_u64(&e->used));
+	LWLockRelease(lock);
+	return last_used;
+}
+
+/* ---- commit time ---- */
+
+/*
+ * A committed UPDATE of the token's row: take its new values, and its
+ * last use too when set_used (an operator moved it back).
+ */
+void
+cache_update(const TokenKey *key, const CacheValues *values, bool set_used,
+			 TimestampTz last_used)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		e->user_len = values->user_len;
+		memcpy(e->user_id, values->user_id, values->user_len);
+		e->expires_at = values->expires_at;
+		e->idle_us = values->idle_us;
+		if (set_used)
+			pg_atomic_write_u64(&e->used, used_pack(last_used, false));
+	}
+	pg_atomic_fetch_add_u64(&shared->generation[hashcode % CACHE_PARTITIONS], 1);
+	LWLockRelease(lock);
+}
+
+/* A committed DELETE of the token's row. */
+void
+cache_remove(const TokenKey *key)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+	pg_atomic_fetch_add_u64(&shared->generation[hashcode % CACHE_PARTITIONS], 1);
+	LWLockRelease(lock);
+}
+
+/* Remove every entry of a database (TRUNCATE, DROP EXTENSION, DROP DATABASE). */
+void
+cache_purge_db(Oid dbid)
+{
+	HASH_SEQ_STATUS status;
+	CacheEntry *e;
+	int			i;
+
+	lock_all(LW_EXCLUSIVE);
+	hash_seq_init(&status, htab);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->key.dbid == dbid)
+			hash_search(htab, &e->key, HASH_REMOVE, NULL);
+	}
+	for (i = 0; i < CACHE_PARTITIONS; i++)
+		pg_atomic_fetch_add_u64(&shared->generation[i], 1);
+	unlock_all();
+}
+
+/* A flush of `observed` committed: clear the dirty bit unless used since. */
+void
+cache_mark_clean(const TokenKey *key, uint64 observed)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		uint64		expected = observed;
+
+		(void) pg_atomic_compare_exchange_u64(&e->used, &expected,
+											  observed & ~(uint64) 1);
+	}
+	LWLockRelease(lock);
+}
+
+/* ---- the background ---- */
+
+/* Up to max dirty entries of a database (InvalidOid: of all), for a flush. */
+int
+cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
+{
+	HASH_SEQ_STATUS status;
+	CacheEntry *e;
+	int			n = 0;
+
+	lock_all(LW_SHARED);
+	hash_seq_init(&status, htab);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		uint64		used = pg_atomic_read_u64(&e->used);
+
+		if ((OidIsValid(dbid) && e->key.dbid != dbid) || (used & 1) == 0)
+			continue;
+		out[n].dbid = e->key.dbid;
+		memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
+		out[n].observed = used;
+		out[n].last_used = used_time(used);
+		if (++n == max)
+		{
+			hash_seq_term(&status);
+			break;
+		}
+	}
+	unlock_all();
+	return n;
+}
+
+/* Dirty entries (and, in *entries, all entries) of a database. */
+int64
+cache_count_dirty(Oid dbid, int64 *entries)
+{
+	HASH_SEQ_STATUS status;
+	CacheEntry *e;
+	int64		dirty = 0;
+
+	*entries = 0;
+	lock_all(LW_SHARED);
+	hash_seq_init(&status, htab);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->key.dbid != dbid)
+			continue;
+		(*entries)++;
+		if (pg_atomic_read_u64(&e->used) & 1)
+			dirty++;
+	}
+	unlock_all();
+	return dirty;
+}
+
+static int
+age_bucket(TimestampTz now, TimestampTz last_used)
+{
+	int64		age_ms = (now - last_used) / 1000;
+	int			bucket = 0;
+
+	while (age_ms > 1 && bucket < AGE_BUCKETS - 1)
+	{
+		age_ms >>= 1;
+		bucket++;
+	}
+	return bucket;
+}
+
+/*
+ * Collect the keys to drop: expired entries, and, when the cache is above
+ * its high watermark, clean entries in buckets of age >= cutoff.
+ */
+static int
+collect_victims(TimestampTz now, int cutoff, CacheKey *victims, int max,
+				int64 *age_counts)
+{
+	HASH_SEQ_STATUS status;
+	CacheEntry *e;
+	int			n = 0;
+
+	lock_all(LW_SHARED);
+	hash_seq_init(&status, htab);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		uint64		used = pg_atomic_read_u64(&e->used);
+		int			bucket = age_bucket(now, used_time(used));
+		bool		dead = !entry_live(e, used_time(used), now);
+
+		if (age_counts != NULL && !dead && (used & 1) == 0)
+			age_counts[bucket]++;
+		if (dead || ((used & 1) == 0 && bucket >= cutoff))
+		{
+			victims[n++] = e->key;
+			if (n == max)
+			{
+				hash_seq_term(&status);
+				break;
+			}
+		}
+	}
+	unlock_all();
+	return n;
+}
+
+/* Drop one victim if it still qualifies; true if it went. */
+static bool
+drop_victim(const CacheKey *ck, TimestampTz now, int cutoff)
+{
+	uint32		hashcode = key_hash(ck, sizeof(*ck));
+	LWLock	   *lock = partition_lock(hashcode);
+	CacheEntry *e;
+	bool		dropped = false;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(htab, ck, hashcode, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		uint64		used = pg_atomic_read_u64(&e->used);
+
+		if (!entry_live(e, used_time(used), now) ||
+			((used & 1) == 0 && age_bucket(now, used_time(used)) >= cutoff))
+		{
+			hash_search_with_hash_value(htab, ck, hashcode, HASH_REMOVE, NULL);
+			dropped = true;
+		}
+	}
+	LWLockRelease(lock);
+	return dropped;
+}
+
+/*
+ * Drop expired entries and, above the high watermark, the least recently
+ * used clean entries down to the low watermark.  Dirty entries stay until a
+ * flush has written their last use.  Returns how many went.
+ */
+int64
+cache_maintain(TimestampTz now)
+{
+	int64		entries = hash_get_num_entries(htab);
+	int64		high = (int64) tokenstore_max_cached_tokens * CACHE_HIGH_PERCENT / 100;
+	int64		low = (int64) tokenstore_max_cached_tokens * CACHE_LOW_PERCENT / 100;
+	int64		age_counts[AGE_BUCKETS] = {0};
+	int			cutoff = AGE_BUCKETS;
+	int			max = Min(CACHE_MAINTAIN_MAX, tokenstore_max_cached_tokens);
+	CacheKey   *victims = palloc(sizeof(CacheKey) * max);
+	int			n;
+	int			i;
+	int64		dropped = 0;
+
+	/* first pass: expired entries, and the ages of the clean ones */
+	n = collect_victims(now, AGE_BUCKETS, victims, max, age_counts);
+	if (entries - n > high)
+	{
+		int64		excess = entries - n - low;
+
+		for (cutoff = AGE_BUCKETS - 1; cutoff > 0; cutoff--)
+		{
+			excess -= age_counts[cutoff];
+			if (excess <= 0)
+				break;
+		}
+		n = collect_victims(now, cutoff, victims, max, NULL);
+	}
+	for (i = 0; i < n; i++)
+		dropped += drop_victim(&victims[i], now, cutoff) ? 1 : 0;
+	pfree(victims);
+	pg_atomic_fetch_add_u64(&shared->evictions, dropped);
+	return dropped;
+}
+
+void
+cache_stats(CacheStats *stats)
+{
+	int			i;
+
+	memset(stats, 0, sizeof(*stats));
+	if (!cache_enabled())
+		return;
+	stats->capacity = tokenstore_max_cached_tokens;
+	stats->entries = hash_get_num_entries(htab);
+	for (i = 0; i < shared->nbackends; i++)
+	{
+		stats->hits += pg_atomic_read_u64(&shared->counters[i].hits);
+		stats->misses += pg_atomic_read_u64(&shared->counters[i].misses);
+	}
+	stats->fills = pg_atomic_read_u64(&shared->fills);
+	stats->full = pg_atomic_read_u64(&shared->full);
+	stats->evictions = pg_atomic_read_u64(&shared->evictions);
+}

@@ -1,0 +1,598 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background: a launcher, and short-lived per-database workers that
+ *	  flush last uses from the cache to the table and sweep expired rows.
+ *
+ * See src/README.md for the states.  In short: the launcher connects to no
+ * database; it keeps a registry of the databases that have tokenstore, drops
+ * expired and least recently used entries from the cache, and every
+ * tokenstore.flush_interval starts one worker per registered database, one
+ * at a time.  A worker connects, flushes every dirty last use (hot tokens
+ * included), sweeps expired rows in small batches when
+ * tokenstore.sweep_interval has passed, and exits.  No worker stays in a
+ * database, so CREATE DATABASE (from a template), ALTER DATABASE RENAME and
+ * plain DROP DATABASE never find one in their way for more than a moment.
+ *
+ * The registry fills at start (a worker tries every database that accepts
+ * connections, and keeps those that have the extension) and at each CREATE
+ * EXTENSION (the commit wakes the launcher).  At a clean shutdown the
+ * launcher writes the dirty last uses to a file, which the first workers
+ * after the next start apply; after a crash at most one flush interval of
+ * last uses is lost.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "cache.h"
+#include "catalog/pg_database.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "store.h"
+#include "tokenstore.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "worker.h"
+#include "xact.h"
+
+#define WORKER_TRANCHE		"tokenstore worker"
+#define FLUSH_BATCH			10000
+#define SWEEP_BATCH			1000
+#define DUMP_FILE			"tokenstore.last_used"
+#define DUMP_TEMP			DUMP_FILE ".tmp"
+
+typedef enum SlotState
+{
+	SLOT_FREE,
+	SLOT_CANDIDATE,				/* may have the extension: a worker checks */
+	SLOT_ACTIVE					/* has the extension */
+} SlotState;
+
+typedef struct DbSlot
+{
+	SlotState	state;
+	Oid			dbid;
+	TimestampTz next_run;
+	TimestampTz next_sweep;
+	TimestampTz last_flush;
+	TimestampTz last_sweep;
+	int64		rows_flushed;
+	int64		rows_swept;
+} DbSlot;
+
+typedef struct WorkerShared
+{
+	LWLock	   *lock;
+	Latch	   *launcher_latch;
+	bool		dump_pending;	/* a shutdown dump waits to be applied */
+	DbSlot		slots[WORKER_MAX_DATABASES];
+} WorkerShared;
+
+/* A dumped last use: the file's record. */
+typedef struct DumpRecord
+{
+	Oid			dbid;
+	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	TimestampTz last_used;
+} DumpRecord;
+
+static WorkerShared *ws = NULL;
+
+PGDLLEXPORT void tokenstore_launcher_main(Datum arg);
+PGDLLEXPORT void tokenstore_worker_main(Datum arg);
+
+void
+worker_shmem_request(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
+	RequestNamedLWLockTranche(WORKER_TRANCHE, 1);
+}
+
+/* Attach; the caller holds AddinShmemInitLock. */
+void
+worker_shmem_startup(void)
+{
+	bool		found;
+
+	ws = ShmemInitStruct("tokenstore worker", sizeof(WorkerShared), &found);
+	if (!found)
+	{
+		memset(ws, 0, sizeof(*ws));
+		ws->lock = &(GetNamedLWLockTranche(WORKER_TRANCHE))->lock;
+	}
+}
+
+void
+worker_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "tokenstore");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "tokenstore_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "tokenstore launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "tokenstore launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* ---- the registry ---- */
+
+static DbSlot *
+find_slot(Oid dbid)
+{
+	int			i;
+
+	for (i = 0; i < WORKER_MAX_DATABASES; i++)
+		if (ws->slots[i].state != SLOT_FREE && ws->slots[i].dbid == dbid)
+			return &ws->slots[i];
+	return NULL;
+}
+
+/* Add a database to check, unless known; the caller holds the lock. */
+static void
+add_candidate(Oid dbid)
+{
+	int			i;
+
+	if (find_slot(dbid) != NULL)
+		return;
+	for (i = 0; i < WORKER_MAX_DATABASES; i++)
+	{
+		DbSlot	   *slot = &ws->slots[i];
+
+		if (slot->state == SLOT_FREE)
+		{
+			memset(slot, 0, sizeof(*slot));
+			slot->state = SLOT_CANDIDATE;
+			slot->dbid = dbid;
+			return;
+		}
+	}
+}
+
+/*
+ * Have the launcher check a database now (CREATE EXTENSION committed there).
+ * Runs at commit time: a lock and a few stores.
+ */
+void
+worker_register_db(Oid dbid)
+{
+	DbSlot	   *slot;
+
+	if (ws == NULL)
+		return;
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	add_candidate(dbid);
+	slot = find_slot(dbid);
+	if (slot != NULL)
+		slot->next_run = 0;
+	if (ws->launcher_latch != NULL)
+		SetLatch(ws->launcher_latch);
+	LWLockRelease(ws->lock);
+}
+
+/* Forget a database (dropped, or without the extension). */
+void
+worker_forget_db(Oid dbid)
+{
+	DbSlot	   *slot;
+
+	if (ws == NULL)
+		return;
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = find_slot(dbid);
+	if (slot != NULL)
+		slot->state = SLOT_FREE;
+	LWLockRelease(ws->lock);
+}
+
+int
+worker_db_stats(WorkerDbStats *out, int max)
+{
+	int			i;
+	int			n = 0;
+
+	if (ws == NULL)
+		return 0;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	for (i = 0; i < WORKER_MAX_DATABASES && n < max; i++)
+	{
+		DbSlot	   *slot = &ws->slots[i];
+
+		if (slot->state != SLOT_ACTIVE)
+			continue;
+		out[n].dbid = slot->dbid;
+		out[n].last_flush = slot->last_flush;
+		out[n].last_sweep = slot->last_sweep;
+		out[n].rows_flushed = slot->rows_flushed;
+		out[n].rows_swept = slot->rows_swept;
+		n++;
+	}
+	LWLockRelease(ws->lock);
+	return n;
+}
+
+/* ---- flushing ---- */
+
+/*
+ * Write up to max dirty last uses of this database to the table, in the
+ * current transaction; they are marked clean when it commits.  Returns how
+ * many rows moved.
+ */
+int64
+worker_flush(int max)
+{
+	CacheDirty *dirty;
+	int			n;
+	int			done;
+	int64		rows = 0;
+
+	if (!cache_enabled())
+		return 0;
+	dirty = palloc(sizeof(CacheDirty) * max);
+	n = cache_collect_dirty(MyDatabaseId, dirty, max);
+	store_begin();
+	for (done = 0; done < n; done += FLUSH_BATCH)
+		rows += store_flush(dirty + done, Min(FLUSH_BATCH, n - done));
+	store_end();
+	for (done = 0; done < n; done++)
+		xact_queue_clean(&dirty[done]);
+	pfree(dirty);
+	return rows;
+}
+
+/* ---- the per-database worker ---- */
+
+static void
+begin_step(const char *what)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pgstat_report_activity(STATE_RUNNING, what);
+}
+
+static void
+end_step(void)
+{
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static bool
+extension_present(void)
+{
+	bool		present;
+
+	begin_step("tokenstore: looking for the extension");
+	present = OidIsValid(get_extension_oid("tokenstore", true));
+	end_step();
+	return present;
+}
+
+/* Apply the last uses a clean shutdown left for this database. */
+static void
+apply_dump(void)
+{
+	FILE	   *file = AllocateFile(DUMP_FILE, PG_BINARY_R);
+	CacheDirty *batch;
+	DumpRecord	rec;
+	int			n = 0;
+
+	if (file == NULL)
+		return;
+	batch = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
+	begin_step("tokenstore: applying last uses saved at shutdown");
+	store_begin();
+	while (fread(&rec, sizeof(rec), 1, file) == 1)
+	{
+		if (rec.dbid != MyDatabaseId)
+			continue;
+		memcpy(batch[n].key.bytes, rec.hash, sizeof(rec.hash));
+		batch[n].last_used = rec.last_used;
+		if (++n == FLUSH_BATCH)
+		{
+			store_flush(batch, n);
+			n = 0;
+		}
+	}
+	if (n > 0)
+		store_flush(batch, n);
+	store_end();
+	end_step();
+	FreeFile(file);
+	pfree(batch);
+}
+
+static void
+record_run(TimestampTz now, int64 flushed, bool swept, int64 rows_swept)
+{
+	DbSlot	   *slot;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = find_slot(MyDatabaseId);
+	if (slot != NULL)
+	{
+		slot->state = SLOT_ACTIVE;
+		slot->last_flush = now;
+		slot->rows_flushed += flushed;
+		if (swept)
+		{
+			slot->last_sweep = now;
+			slot->rows_swept += rows_swept;
+			slot->next_sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
+		}
+	}
+	LWLockRelease(ws->lock);
+}
+
+static bool
+sweep_due(TimestampTz now)
+{
+	DbSlot	   *slot;
+	bool		due;
+
+	LWLockAcquire(ws->lock, LW_SHARED);
+	slot = find_slot(MyDatabaseId);
+	due = slot != NULL && slot->next_sweep <= now;
+	LWLockRelease(ws->lock);
+	return due;
+}
+
+void
+tokenstore_worker_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	TimestampTz now;
+	int64		flushed = 0;
+	int64		swept = 0;
+	int64		n;
+	bool		sweeping;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	if (!extension_present())
+	{
+		worker_forget_db(dbid);
+		if (cache_enabled())
+			cache_purge_db(dbid);
+		proc_exit(0);
+	}
+	if (ws->dump_pending)
+		apply_dump();
+
+	now = GetCurrentTimestamp();
+	do
+	{
+		begin_step("tokenstore: flushing last uses");
+		n = worker_flush(FLUSH_BATCH);
+		end_step();
+		flushed += n;
+	} while (n == FLUSH_BATCH && !ShutdownRequestPending);
+
+	sweeping = sweep_due(now);
+	while (sweeping && !ShutdownRequestPending)
+	{
+		begin_step("tokenstore: sweeping expired tokens");
+		store_begin();
+		n = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH);
+		store_end();
+		end_step();
+		swept += n;
+		if (n < SWEEP_BATCH)
+			break;
+	}
+	record_run(now, flushed, sweeping, swept);
+	proc_exit(0);
+}
+
+/* ---- the launcher ---- */
+
+/* Every database a worker can connect to is a candidate. */
+static void
+discover_databases(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+			add_candidate(db->oid);
+	}
+	LWLockRelease(ws->lock);
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+}
+
+/* Start a worker for one database and wait until it is done. */
+static void
+run_worker(Oid dbid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "tokenstore");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "tokenstore_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "tokenstore worker for database %u", dbid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "tokenstore worker");
+	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(LOG,
+				(errmsg("tokenstore could not start a worker for database %u", dbid),
+				 errhint("Raise max_worker_processes: tokenstore needs two.")));
+		return;
+	}
+	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+		(void) WaitForBackgroundWorkerShutdown(handle);
+	pfree(handle);
+}
+
+/* Run the workers that are due; returns when the next one is. */
+static TimestampTz
+run_due_workers(void)
+{
+	TimestampTz next = GetCurrentTimestamp() +
+		(int64) tokenstore_flush_interval * 1000;
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		Oid			dbid = InvalidOid;
+		int			i;
+
+		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+		for (i = 0; i < WORKER_MAX_DATABASES; i++)
+		{
+			DbSlot	   *slot = &ws->slots[i];
+
+			if (slot->state == SLOT_FREE)
+				continue;
+			if (slot->next_run <= now && !OidIsValid(dbid))
+			{
+				dbid = slot->dbid;
+				slot->next_run = now + (int64) tokenstore_flush_interval * 1000;
+			}
+			next = Min(next, slot->next_run);
+		}
+		LWLockRelease(ws->lock);
+		if (!OidIsValid(dbid) || ShutdownRequestPending)
+			return next;
+		run_worker(dbid);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Save the dirty last uses of every database for the next start. */
+static void
+dump_dirty(void)
+{
+	CacheDirty *dirty;
+	FILE	   *file;
+	int			n;
+	int			i;
+
+	if (!cache_enabled())
+		return;
+	dirty = palloc(sizeof(CacheDirty) * tokenstore_max_cached_tokens);
+	n = cache_collect_dirty(InvalidOid, dirty, tokenstore_max_cached_tokens);
+	if (n == 0)
+		return;
+	file = AllocateFile(DUMP_TEMP, PG_BINARY_W);
+	if (file == NULL)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not write \"%s\": %m", DUMP_TEMP)));
+		return;
+	}
+	for (i = 0; i < n; i++)
+	{
+		DumpRecord	rec;
+
+		rec.dbid = dirty[i].dbid;
+		memcpy(rec.hash, dirty[i].key.bytes, sizeof(rec.hash));
+		rec.last_used = dirty[i].last_used;
+		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
+			break;
+	}
+	if (FreeFile(file) != 0 || i < n)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("could not write \"%s\": %m", DUMP_TEMP)));
+		unlink(DUMP_TEMP);
+		return;
+	}
+	(void) durable_rename(DUMP_TEMP, DUMP_FILE, LOG);
+	ereport(LOG,
+			(errmsg("tokenstore saved %d last uses for the next start", n)));
+}
+
+void
+tokenstore_launcher_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	ws->launcher_latch = MyLatch;
+	ws->dump_pending = access(DUMP_FILE, F_OK) == 0;
+	LWLockRelease(ws->lock);
+	discover_databases();
+
+	while (!ShutdownRequestPending)
+	{
+		TimestampTz next;
+		long		wait_ms;
+
+		if (cache_enabled())
+			cache_maintain(GetCurrentTimestamp());
+		next = run_due_workers();
+		if (ws->dump_pending)
+		{
+			ws->dump_pending = false;
+			unlink(DUMP_FILE);
+		}
+		wait_ms = Max(0, (next - GetCurrentTimestamp()) / 1000);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	ws->launcher_latch = NULL;
+	LWLockRelease(ws->lock);
+	dump_dirty();
+	proc_exit(0);
+}

@@ -1,0 +1,428 @@
+/*-------------------------------------------------------------------------
+ *
+ * xact.c
+ *	  How changes to tokens reach the cache: queued in the transaction,
+ *	  applied at commit, forgotten on abort.
+ *
+ * The commit protocol
+ * -------------------
+ * The table is the truth and the cache must never show other sessions
+ * anything the table would not.  So nothing a transaction does touches the
+ * cache before it commits:
+ *
+ * - Every change to a row of tokenstore.token, whether made by a tokenstore
+ *   function, the worker's sweep or an operator's DML, fires the C trigger
+ *   below (AFTER UPDATE/DELETE per row, AFTER TRUNCATE per statement; the
+ *   triggers are ENABLE ALWAYS, so replicas applying changes fire them too),
+ *   which queues an action: update the entry, remove it, or purge the
+ *   database.  The UPDATE trigger's WHEN clause skips updates that only move
+ *   last_used_at forward (flushes and table-only touches), so the cache's own
+ *   writes do not come back to it.  DROP of the table (DROP EXTENSION) or of
+ *   a database queues a purge through the object-access hook.
+ * - token_make queues a fill of the new token (so the first check after a
+ *   login is a hit), with the partition generation read at queue time: if the
+ *   token is changed by someone else between our commit and our callback,
+ *   the generation has moved and the fill stays out.
+ * - A flush queues "mark clean" for each last use it wrote.
+ * - Actions carry the subtransaction nesting level: a subtransaction that
+ *   aborts drops its actions, one that commits hands them to its parent (the
+ *   scheme of commands/async.c).
+ * - At XACT_EVENT_COMMIT the commit is already visible; the actions are
+ *   applied in order, each a partition lock and a hash operation: no
+ *   allocation, no SPI, nothing that can fail.  Every update and removal
+ *   bumps the partition's generation (see cache.c), so a backend that read
+ *   the table before the commit cannot fill the cache with what it read.
+ *   The transaction's row locks are released only after this, so a later
+ *   change to the same row is applied after ours.
+ * - A transaction with queued actions reads tokens from the table, never the
+ *   cache (which does not show its own changes yet), and no transaction that
+ *   has written anything fills the cache (it might have inserted the row
+ *   itself).
+ * - PREPARE TRANSACTION is refused once tokens changed: a prepared
+ *   transaction commits later, in another process, without our callbacks.
+ * - A transaction that queues more than PENDING_MAX actions purges its
+ *   database at commit instead: invalidating more than needed is always
+ *   safe, so memory stays bounded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "cache.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_class.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "worker.h"
+#include "xact.h"
+
+#define PENDING_MAX 65536
+
+typedef enum PendingKind
+{
+	PENDING_FILL,
+	PENDING_UPDATE,
+	PENDING_REMOVE,
+	PENDING_CLEAN,
+	PENDING_PURGE,
+	PENDING_REGISTER
+} PendingKind;
+
+typedef struct Pending
+{
+	PendingKind kind;
+	int			nest_level;
+	Oid			dbid;			/* PURGE and REGISTER */
+	TokenKey	key;
+	CacheValues values;			/* FILL and UPDATE */
+	bool		set_used;		/* UPDATE */
+	TimestampTz last_used;		/* FILL, UPDATE */
+	uint64		generation;		/* FILL; for CLEAN, the value flushed */
+} Pending;
+
+static Pending *pending = NULL;
+static int	npending = 0;
+static int	maxpending = 0;
+static bool callbacks_registered = false;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+PG_FUNCTION_INFO_V1(token_cache_sync);
+
+static void
+forget_pending(void)
+{
+	pending = NULL;
+	npending = 0;
+	maxpending = 0;
+}
+
+static void
+apply_pending(void)
+{
+	int			i;
+
+	for (i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		switch (p->kind)
+		{
+			case PENDING_FILL:
+				(void) cache_fill(&p->key, &p->values, p->last_used, false,
+								  p->generation);
+				break;
+			case PENDING_UPDATE:
+				cache_update(&p->key, &p->values, p->set_used, p->last_used);
+				break;
+			case PENDING_REMOVE:
+				cache_remove(&p->key);
+				break;
+			case PENDING_CLEAN:
+				cache_mark_clean(&p->key, p->generation);
+				break;
+			case PENDING_PURGE:
+				cache_purge_db(p->dbid);
+				if (p->dbid != MyDatabaseId)
+					worker_forget_db(p->dbid);
+				break;
+			case PENDING_REGISTER:
+				worker_register_db(p->dbid);
+				break;
+		}
+	}
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (npending > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has changed tokenstore tokens"),
+						 errdetail("The token cache is updated when a transaction commits in its own session.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			apply_pending();
+			forget_pending();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			forget_pending();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	int			i;
+	int			kept = 0;
+
+	if (event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	for (i = 0; i < npending; i++)
+	{
+		if (pending[i].nest_level < level)
+			pending[kept++] = pending[i];
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		{
+			pending[i].nest_level = level - 1;
+			pending[kept++] = pending[i];
+		}
+	}
+	npending = kept;
+}
+
+/*
+ * Replace the queue by one purge of this database, at the lowest level of
+ * the invalidations it replaces (purging more than needed is safe; fills and
+ * mark-cleans may be dropped).
+ */
+static void
+collapse_to_purge(void)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	int			i;
+	int			kept = 0;
+
+	for (i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->kind == PENDING_UPDATE || p->kind == PENDING_REMOVE ||
+			(p->kind == PENDING_PURGE && p->dbid == MyDatabaseId))
+			level = Min(level, p->nest_level);
+		else if (p->kind == PENDING_PURGE || p->kind == PENDING_REGISTER)
+			pending[kept++] = *p;
+	}
+	npending = kept;
+	pending[npending].kind = PENDING_PURGE;
+	pending[npending].nest_level = level;
+	pending[npending].dbid = MyDatabaseId;
+	npending++;
+}
+
+/* A zeroed slot at the end of the queue. */
+static Pending *
+queue(PendingKind kind)
+{
+	Pending    *p;
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	if (npending >= maxpending)
+	{
+		int			newmax = Max(16, maxpending * 2);
+
+		if (pending == NULL)
+			pending = MemoryContextAlloc(TopTransactionContext,
+										 newmax * sizeof(Pending));
+		else
+			pending = repalloc(pending, newmax * sizeof(Pending));
+		maxpending = newmax;
+	}
+	if (npending >= PENDING_MAX)
+		collapse_to_purge();
+	p = &pending[npending++];
+	memset(p, 0, sizeof(*p));
+	p->kind = kind;
+	p->nest_level = GetCurrentTransactionNestLevel();
+	p->dbid = MyDatabaseId;
+	return p;
+}
+
+bool
+xact_has_token_changes(void)
+{
+	return npending > 0;
+}
+
+/* Whether a check may fill the cache with what it reads from the table. */
+bool
+xact_may_fill(void)
+{
+	return npending == 0 && !TransactionIdIsValid(GetTopTransactionIdIfAny());
+}
+
+void
+xact_queue_fill(const TokenKey *key, const CacheValues *values,
+				TimestampTz created_at)
+{
+	Pending    *p;
+
+	if (!cache_enabled())
+		return;
+	p = queue(PENDING_FILL);
+	p->key = *key;
+	p->values = *values;
+	p->last_used = created_at;
+	p->generation = cache_generation(key);
+}
+
+void
+xact_queue_clean(const CacheDirty *flushed)
+{
+	Pending    *p = queue(PENDING_CLEAN);
+
+	p->key = flushed->key;
+	p->generation = flushed->observed;
+}
+
+/* ---- the trigger on tokenstore.token ---- */
+
+static Datum
+column(TriggerData *trigdata, HeapTuple tuple, const char *name, bool *isnull)
+{
+	TupleDesc	desc = trigdata->tg_relation->rd_att;
+
+	return heap_getattr(tuple, SPI_fnumber(desc, name), desc, isnull);
+}
+
+static void
+key_of(TriggerData *trigdata, HeapTuple tuple, TokenKey *key)
+{
+	bool		isnull;
+	bytea	   *hash = DatumGetByteaPP(column(trigdata, tuple, "token_hash", &isnull));
+
+	/* the table's CHECK constraint guarantees 32 bytes */
+	memcpy(key->bytes, VARDATA_ANY(hash), sizeof(key->bytes));
+}
+
+static TimestampTz
+timestamp_of(TriggerData *trigdata, HeapTuple tuple, const char *name,
+			 TimestampTz if_null)
+{
+	bool		isnull;
+	Datum		d = column(trigdata, tuple, name, &isnull);
+
+	return isnull ? if_null : DatumGetTimestampTz(d);
+}
+
+static void
+values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
+{
+	bool		isnull;
+	text	   *user_id = DatumGetTextPP(column(trigdata, tuple, "user_id", &isnull));
+	Datum		idle = column(trigdata, tuple, "idle_timeout", &isnull);
+
+	values->user_len = VARSIZE_ANY_EXHDR(user_id);
+	memcpy(values->user_id, VARDATA_ANY(user_id), values->user_len);
+	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DT_NOEND);
+	values->idle_us = isnull ? 0 : DatumGetIntervalP(idle)->time;
+}
+
+/* An UPDATE of a row: new values for the entry, or a new key. */
+static void
+queue_update(TriggerData *trigdata)
+{
+	HeapTuple	old_row = trigdata->tg_trigtuple;
+	HeapTuple	new_row = trigdata->tg_newtuple;
+	TokenKey	old_key;
+	TokenKey	new_key;
+	TimestampTz old_used;
+	TimestampTz new_used;
+	Pending    *p;
+
+	key_of(trigdata, old_row, &old_key);
+	key_of(trigdata, new_row, &new_key);
+	if (memcmp(old_key.bytes, new_key.bytes, sizeof(old_key.bytes)) != 0)
+	{
+		queue(PENDING_REMOVE)->key = old_key;
+		return;
+	}
+	old_used = timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
+	new_used = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN);
+	p = queue(PENDING_UPDATE);
+	p->key = new_key;
+	values_of(trigdata, new_row, &p->values);
+	p->set_used = new_used < old_used;
+	p->last_used = new_used;
+}
+
+Datum
+token_cache_sync(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TriggerEvent event;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("token_cache_sync must be called as a trigger")));
+	if (!cache_enabled())
+		return PointerGetDatum(NULL);
+
+	event = trigdata->tg_event;
+	if (TRIGGER_FIRED_BY_TRUNCATE(event))
+		queue(PENDING_PURGE);
+	else if (TRIGGER_FIRED_BY_DELETE(event))
+		key_of(trigdata, trigdata->tg_trigtuple, &queue(PENDING_REMOVE)->key);
+	else if (TRIGGER_FIRED_BY_UPDATE(event))
+		queue_update(trigdata);
+	return PointerGetDatum(NULL);
+}
+
+/* ---- DDL: creating the extension, dropping its table or a database ---- */
+
+static bool
+is_token_table(Oid relid)
+{
+	char	   *name = get_rel_name(relid);
+	char	   *schema;
+
+	if (name == NULL || strcmp(name, "token") != 0)
+		return false;
+	schema = get_namespace_name(get_rel_namespace(relid));
+	return schema != NULL && strcmp(schema, "tokenstore") == 0;
+}
+
+static void
+object_access(ObjectAccessType access, Oid classId, Oid objectId,
+			  int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access == OAT_DROP && classId == DatabaseRelationId)
+		queue(PENDING_PURGE)->dbid = objectId;
+	else if (access == OAT_DROP && classId == RelationRelationId &&
+			 subId == 0 && is_token_table(objectId))
+		queue(PENDING_PURGE);
+	else if (access == OAT_POST_CREATE && classId == ExtensionRelationId)
+	{
+		/*
+		 * The new extension's row is not visible yet, so its name cannot be
+		 * read here: any CREATE EXTENSION wakes the worker, which finds out.
+		 */
+		queue(PENDING_REGISTER);
+	}
+}
+
+void
+xact_init(void)
+{
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = object_access;
+}

@@ -1,0 +1,17 @@
+/*
+ * xact.h: token changes queued in the transaction, applied to the cache at
+ * commit.
+ */
+#ifndef TOKENSTORE_XACT_H
+#define TOKENSTORE_XACT_H
+
+#include "cache.h"
+
+extern void xact_init(void);
+extern bool xact_has_token_changes(void);
+extern bool xact_may_fill(void);
+extern void xact_queue_fill(const TokenKey *key, const CacheValues *values,
+							TimestampTz created_at);
+extern void xact_queue_clean(const CacheDirty *flushed);
+
+#endif
