@@ -11,6 +11,7 @@ DATA = tokenstore--1.0.sql
 PGFILEDESC = "tokenstore - session and API-token store"
 
 PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK = -lcrypto
 
 # pg_regress: sql/ and expected/ (installcheck starts a throwaway server)
 REGRESS = setup make check list modes expiry revoke rotate errors \
@@ -40,10 +41,13 @@ all install installcheck:
 	@echo "pg_config not found: run 'make demo' or 'make test' first" >&2; exit 1
 endif
 
-.PHONY: demo test regresscheck isolationcheck tapcheck
+.PHONY: demo test bench regresscheck isolationcheck tapcheck
 
 demo:
 	@bash test/demo.sh
+
+bench:
+	@bash test/bench/run.sh
 
 test:
 	@bash test/run.sh

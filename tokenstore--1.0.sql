@@ -41,8 +41,11 @@ COMMENT ON COLUMN tokenstore.token.share_secret IS
 	'share-mode tokens only: the token, encrypted with tokenstore.secret';
 
 CREATE INDEX token_user_id_idx ON tokenstore.token (user_id);
+/* The sweep walks these, oldest deadline first. */
 CREATE INDEX token_expires_at_idx ON tokenstore.token (expires_at)
 	WHERE expires_at IS NOT NULL;
+CREATE INDEX token_idle_idx ON tokenstore.token (last_used_at)
+	WHERE idle_timeout IS NOT NULL;
 
 /* The per-database key that encrypts share-mode tokens: 244 random bits. */
 CREATE TABLE tokenstore.secret (

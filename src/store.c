@@ -80,7 +80,8 @@ typedef enum StoreStmt
 	STMT_DELETE,
 	STMT_DELETE_ID,
 	STMT_DELETE_USER,
-	STMT_SWEEP,
+	STMT_SWEEP_TTL,
+	STMT_SWEEP_IDLE,
 	STMT_FLUSH,
 	STMT_COUNT
 } StoreStmt;
@@ -174,10 +175,20 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" RETURNING token_hash, user_id, " LIVE("$3"),
 		3, {TEXTOID, BYTEAOID, TIMESTAMPTZOID}
 	},
-	[STMT_SWEEP] = {
+	[STMT_SWEEP_TTL] = {
+		"DELETE FROM tokenstore.token WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token WHERE expires_at <= $1"
+		"   ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	},
+	/* the stored last use is never later than the real one: a prefilter */
+	[STMT_SWEEP_IDLE] = {
 		"DELETE FROM tokenstore.token WHERE token_hash IN"
 		" (SELECT token_hash FROM tokenstore.token"
-		"   WHERE NOT " LIVE("$1") " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		"   WHERE idle_timeout IS NOT NULL"
+		"     AND last_used_at + idle_timeout <= $1"
+		"     AND " LAST_USED " + idle_timeout <= $1"
+		"   ORDER BY last_used_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	[STMT_FLUSH] = {
@@ -653,15 +664,17 @@ store_delete_user(const char *user_id, const TokenKey *keep, TimestampTz now)
 }
 
 /*
- * Delete up to `batch` dead rows, skipping rows other transactions hold;
- * returns how many went.
+ * Delete up to `batch` rows past their absolute deadline and up to `batch`
+ * past their idle one, oldest first along an index, skipping rows other
+ * transactions hold; returns how many went.
  */
 int64
 store_sweep(TimestampTz now, int batch)
 {
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
 
-	return (int64) store_exec(STMT_SWEEP, values, NULL, 0);
+	return (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
+					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
 }
 
 /*

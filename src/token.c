@@ -14,6 +14,9 @@
  * its bytes exactly as given (no case folding: "ABC" and "abc" are two
  * tokens).  Its public handle, the token_id, is the hex of the first 16 bytes
  * of the key: enough to tell a user's tokens apart, useless for logging in.
+ * Hashing is on every check, so it uses OpenSSL (which PostgreSQL itself
+ * links) with one digest context per backend and the algorithm fetched once:
+ * a fresh context per call costs more than the whole cache lookup.
  *
  * Share-mode tokens must be handed out again, so they alone are kept, sealed:
  * XORed with a keystream of HMAC-SHA256(secret, key || block number).  The
@@ -23,9 +26,11 @@
  */
 #include "postgres.h"
 
-#include "common/cryptohash.h"
+#include <openssl/evp.h>
+
 #include "common/hmac.h"
 #include "port/pg_crc32c.h"
+#include "storage/ipc.h"
 #include "token.h"
 
 #define B64_BODY_LEN		43	/* 32 bytes in unpadded base64 */
@@ -122,28 +127,53 @@ token_is_mistyped(const char *token, int len, const char *prefix)
 	return memcmp(expected, token + plen + B64_BODY_LEN, B64_CHECKSUM_LEN) != 0;
 }
 
+static EVP_MD *sha256_md = NULL;
+static EVP_MD_CTX *sha256_ctx = NULL;
+
+static void
+sha256_release(int code, Datum arg)
+{
+	EVP_MD_CTX_free(sha256_ctx);
+	EVP_MD_free(sha256_md);
+	sha256_ctx = NULL;
+	sha256_md = NULL;
+}
+
+static void
+sha256_error(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INTERNAL_ERROR),
+			 errmsg("could not compute SHA-256 of a token: %s failed", what)));
+}
+
 /* key := SHA-256 of the token's bytes. */
 void
 token_key(const char *token, int len, TokenKey *key)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	unsigned int digest_len;
 
-	if (ctx == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory")));
-	if (pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (const uint8 *) token, len) < 0 ||
-		pg_cryptohash_final(ctx, key->bytes, sizeof(key->bytes)) < 0)
+	if (sha256_ctx == NULL)
 	{
-		const char *reason = pg_cryptohash_error(ctx);
-
-		pg_cryptohash_free(ctx);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not compute SHA-256 of a token: %s", reason)));
+		sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+		if (sha256_md == NULL)
+			sha256_error("EVP_MD_fetch");
+		sha256_ctx = EVP_MD_CTX_new();
+		if (sha256_ctx == NULL)
+		{
+			EVP_MD_free(sha256_md);
+			sha256_md = NULL;
+			sha256_error("EVP_MD_CTX_new");
+		}
+		on_proc_exit(sha256_release, (Datum) 0);
 	}
-	pg_cryptohash_free(ctx);
+	if (EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1)
+		sha256_error("EVP_DigestInit_ex2");
+	if (EVP_DigestUpdate(sha256_ctx, token, len) != 1)
+		sha256_error("EVP_DigestUpdate");
+	if (EVP_DigestFinal_ex(sha256_ctx, key->bytes, &digest_len) != 1 ||
+		digest_len != sizeof(key->bytes))
+		sha256_error("EVP_DigestFinal_ex");
 }
 
 /* The token_id of a key: lower-case hex, palloc'd. */

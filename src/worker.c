@@ -404,7 +404,7 @@ tokenstore_worker_main(Datum arg)
 		store_end();
 		end_step();
 		swept += n;
-		if (n < SWEEP_BATCH)
+		if (n == 0)
 			break;
 	}
 	record_run(now, flushed, sweeping, swept);

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 packages=(make gcc postgresql-15 postgresql-server-dev-15 postgresql-client-15
-	libhiredis-dev libipc-run-perl)
+	libssl-dev libhiredis-dev libipc-run-perl)
 
 missing=()
 for pkg in "${packages[@]}"; do

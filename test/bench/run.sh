@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The tokenstore benchmark (`make bench`).  Starts a private server with
+# tokenstore preloaded, measures everything side by side in one run and
+# prints a table of throughput and ratios.  Nothing here is asserted: the
+# targets are printed next to the results.
+#
+# Settings (environment): BENCH_SECONDS (per pgbench run, default 10),
+# BENCH_CLIENTS (default 4), BENCH_BIG (10M tokens: auto, yes or no; auto
+# runs it when 12 GB of memory are free).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash test/setup.sh >/dev/null
+
+BIN=/usr/lib/postgresql/15/bin
+RUN_SECONDS=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-4}
+BIG=${BENCH_BIG:-auto}
+PORT=${BENCH_PORT:-54398}
+DIR=$(mktemp -d /tmp/tokenstore-bench.XXXXXX)
+chown postgres: "$DIR"
+cp test/bench/*.sql "$DIR/"
+
+as_postgres() { runuser -u postgres -- "$@"; }
+cleanup() {
+	as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+big=0
+cache_size=2000000
+if [ "$BIG" = yes ] || { [ "$BIG" = auto ] &&
+	[ "$(awk '/MemAvailable/ {print $2}' /proc/meminfo)" -gt 12000000 ]; }; then
+	big=1
+	cache_size=11000000
+fi
+
+as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres -A trust >/dev/null
+cat >>"$DIR/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$DIR'
+shared_preload_libraries = 'tokenstore'
+tokenstore.max_cached_tokens = $cache_size
+tokenstore.sweep_interval = '1h'
+shared_buffers = '2GB'
+max_connections = 20
+CONF
+as_postgres "$BIN/pg_ctl" -D "$DIR/data" -w -l "$DIR/server.log" start >/dev/null
+
+sql() { as_postgres "$BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+# tps of a pgbench script: pgbench SCRIPT N [extra pgbench options]
+tps() {
+	local script=$1 n=$2
+	shift 2
+	as_postgres "$BIN/pgbench" -h "$DIR" -p "$PORT" -n -M prepared -c "$CLIENTS" -j 2 \
+		-T "$RUN_SECONDS" -D n="$n" -f "$DIR/$script" "$@" postgres 2>&1 |
+		awk '/^tps/ {printf "%.0f", $3}'
+}
+# p99 latency in ms of the transactions logged under a prefix
+p99() {
+	cat "$1".* | awk '{print $3}' | sort -n |
+		awk '{v[NR] = $1} END {printf "%.2f", v[int(NR * 0.99)] / 1000}'
+}
+fill() { sql -c "SELECT bench.fill($1)" >/dev/null; }
+# make the first n tokens cache hits
+warm() {
+	sql -c "SELECT count(tokenstore.token_user('bench-token-' || lpad(i::text, 12, '0')))
+			  FROM generate_series(1, $1) i" >/dev/null
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+sql -f "$DIR/setup.sql" >/dev/null
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+echo "pgbench: -M prepared -c $CLIENTS -j 2 -T $RUN_SECONDS, PostgreSQL $(sql -c 'SHOW server_version')"
+echo
+
+# 1. checks on cache hits, 100k tokens, against the limit and by-hand designs
+fill 100000
+warm 100000
+t_limit=$(tps limit.sql 100000)
+t_user=$(tps token_user.sql 100000)
+t_select=$(tps indexed_select.sql 100000)
+t_update=$(tps naive_update.sql 100000)
+
+# 2. making tokens, against a plain INSERT of the same row
+t_make=$(tps token_make.sql 0)
+t_insert=$(tps plain_insert.sql 0)
+
+# 3. in-server cost per call over 1M cached tokens, in one query
+fill 1000000
+warm 1000000
+ms_user=$(sql -c "SELECT bench.ms(\$q\$SELECT count(tokenstore.token_user('bench-token-' || lpad(i::text, 12, '0'))) FROM generate_series(1, 1000000) i\$q\$)")
+ms_expr=$(sql -c "SELECT bench.ms(\$q\$SELECT count('bench-token-' || lpad(i::text, 12, '0')) FROM generate_series(1, 1000000) i\$q\$)")
+ns_call=$(awk -v a="$ms_user" -v b="$ms_expr" 'BEGIN {printf "%.0f", (a - b) * 1e6 / 1e6}')
+
+# 4. hit throughput as the number of tokens grows
+warm 10000
+t_10k=$(tps token_user.sql 10000)
+t_1m=$(tps token_user.sql 1000000)
+t_10m=""
+if ((big)); then
+	fill 10000000
+	warm 10000000
+	t_10m=$(tps token_user.sql 10000000)
+fi
+
+# 5. p99 of checks while the worker sweeps 1M expired tokens
+sql -c "INSERT INTO tokenstore.token (token_hash, user_id, created_at, last_used_at, expires_at)
+		SELECT sha256(convert_to('expired-' || i, 'UTF8')), 'expired', now() - interval '2 hours',
+			   now() - interval '2 hours', now() - interval '1 hour'
+		  FROM generate_series(1, 1000000) i" >/dev/null
+sql -c "CHECKPOINT" >/dev/null
+tps token_user.sql 100000 --log --log-prefix="$DIR/idle" >/dev/null
+p99_idle=$(p99 "$DIR/idle")
+sweep_start=$(date +%s.%N)
+sql -c "ALTER SYSTEM SET tokenstore.sweep_interval = '1s'" -c "ALTER SYSTEM SET tokenstore.flush_interval = '1s'" \
+	-c "SELECT pg_reload_conf()" >/dev/null
+as_postgres "$BIN/pgbench" -h "$DIR" -p "$PORT" -n -M prepared -c "$CLIENTS" -j 2 \
+	-T $((RUN_SECONDS * 3)) -D n=100000 -f "$DIR/token_user.sql" \
+	--log --log-prefix="$DIR/sweep" postgres >/dev/null 2>&1 &
+bench_pid=$!
+sweep_secs=""
+for _ in $(seq 1 $((RUN_SECONDS * 30))); do
+	if [ "$(sql -c "SELECT count(*) FROM tokenstore.token WHERE user_id = 'expired'")" = 0 ]; then
+		sweep_secs=$(awk -v a="$sweep_start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+		break
+	fi
+	sleep 0.1
+done
+wait "$bench_pid"
+p99_sweep=$(p99 "$DIR/sweep")
+
+cat <<TABLE
+| measurement | result | target |
+|---|---|---|
+| \`token_user\` on cache hits, 100k tokens | $t_user tps | |
+| the limit: \`SELECT\` of the token expression | $t_limit tps | |
+| by hand: indexed \`SELECT user_id FROM t WHERE token = \$1\` | $t_select tps | |
+| by hand, kktoken semantics: \`UPDATE t SET last_use = now() … RETURNING user_id\` | $t_update tps | |
+| **token_user / limit** | **$(ratio "$t_user" "$t_limit")** | ≥ 0.9 |
+| **token_user / indexed SELECT** | **$(ratio "$t_user" "$t_select")** | ≥ 1.05 |
+| **token_user / naive UPDATE** | **$(ratio "$t_user" "$t_update")** | ≥ 10 |
+| \`token_make\` | $t_make tps | |
+| plain \`INSERT\` of the same row | $t_insert tps | |
+| **token_make / INSERT** | **$(ratio "$t_make" "$t_insert")** | |
+| in-server \`token_user\` over 1M cached tokens | **$ns_call ns/call** | ≤ 1000 |
+| hits with 10k tokens | $t_10k tps | |
+| hits with 1M tokens | $t_1m tps ($(ratio "$t_1m" "$t_10k") of 10k) | within 10 % |
+TABLE
+if ((big)); then
+	echo "| hits with 10M tokens | $t_10m tps ($(ratio "$t_10m" "$t_10k") of 10k) | within 10 % |"
+fi
+cat <<TABLE
+| p99 of checks, idle | $p99_idle ms | |
+| p99 of checks while the worker sweeps 1M expired tokens${sweep_secs:+ (swept in $sweep_secs s)} | $p99_sweep ms ($(ratio "$p99_sweep" "$p99_idle") of idle) | ≤ 2 × idle |
+TABLE
