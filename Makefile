@@ -19,15 +19,15 @@ REGRESS = setup make check list modes expiry revoke rotate errors \
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=test/tokenstore.conf
 
 # isolation: test/isolation/specs and test/isolation/expected
-ISOLATION = login_limit revoke_visibility notify
+ISOLATION = login_limit revoke_visibility notify cache_visibility \
+	cache_fill_race
 ISOLATION_OPTS = --temp-instance=tmp_isolation \
 	--temp-config=test/tokenstore.conf --inputdir=test/isolation \
 	--outputdir=output_iso
 
-# TAP: test/t/*.pl, with the helpers in test/perl
+# TAP: test/t/*.pl, with the helpers in test/perl (added below, after PGXS)
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I test/perl
 
 EXTRA_CLEAN = output_iso tmp_regress tmp_isolation
 
@@ -35,6 +35,7 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
+PG_PROVE_FLAGS += -I $(srcdir)/test/perl
 else
 # Before the set-up has installed PostgreSQL, only demo and test make sense.
 all install installcheck:

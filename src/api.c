@@ -17,6 +17,7 @@
 #include "event.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "store.h"
 #include "token.h"
 #include "tokenstore.h"
@@ -619,6 +620,14 @@ token_rotate(PG_FUNCTION_ARGS)
 	token = cstring_to_text(token_generate(tokenstore_token_prefix));
 
 	store_begin();
+
+	/*
+	 * The per-user lock first, as token_make takes it, so that a rotation
+	 * and a single-mode or limited login of the same user cannot both keep
+	 * a token; the row's user is only known after a first read.
+	 */
+	if (store_find(&old_key, now, &row))
+		store_lock_user(row.user_id);
 	if (!store_lock_live(&old_key, now, &row))
 	{
 		store_end();
@@ -690,13 +699,32 @@ timestamp_or_null(TimestampTz t, bool *isnull)
 	return TimestampTzGetDatum(t);
 }
 
+/*
+ * The databases the workers know, and this one, where the extension exists
+ * though its first worker may not have run yet (or never will: no preload).
+ * dbs has room for one more than the registry holds.
+ */
+static int
+known_databases(WorkerDbStats *dbs)
+{
+	int			ndbs = worker_db_stats(dbs, WORKER_MAX_DATABASES);
+	int			i;
+
+	for (i = 0; i < ndbs; i++)
+		if (dbs[i].dbid == MyDatabaseId)
+			return ndbs;
+	memset(&dbs[ndbs], 0, sizeof(WorkerDbStats));
+	dbs[ndbs].dbid = MyDatabaseId;
+	return ndbs + 1;
+}
+
 /* The rows of the tokenstore.stats view: one per database with tokenstore. */
 Datum
 token_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	WorkerDbStats *dbs = palloc(sizeof(WorkerDbStats) * WORKER_MAX_DATABASES);
-	int			ndbs = worker_db_stats(dbs, WORKER_MAX_DATABASES);
+	WorkerDbStats *dbs = palloc(sizeof(WorkerDbStats) * (WORKER_MAX_DATABASES + 1));
+	int			ndbs = known_databases(dbs);
 	CacheStats	cache;
 	int			i;
 

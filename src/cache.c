@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/twophase.h"
+#include "access/xlog.h"
 #include "cache.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -182,10 +183,16 @@ cache_shmem_startup(void)
 						 HASH_FIXED_SIZE);
 }
 
+/*
+ * Whether this process may use the cache.  Not during recovery: a hot
+ * standby replays revocations as WAL, which fires none of the callbacks that
+ * keep the cache in step with the table, so there every check reads the
+ * table (and the cache is still empty when a promotion ends recovery).
+ */
 bool
 cache_enabled(void)
 {
-	return htab != NULL;
+	return htab != NULL && !RecoveryInProgress();
 }
 
 /* ---- keys, locks and packed uses ---- */

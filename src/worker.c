@@ -292,19 +292,30 @@ extension_present(void)
 	return present;
 }
 
-/* Apply the last uses a clean shutdown left for this database. */
+/*
+ * Apply the last uses a clean shutdown left for this database.  The file is
+ * opened inside the step's transaction, which would close it on an error.
+ */
 static void
 apply_dump(void)
 {
-	FILE	   *file = AllocateFile(DUMP_FILE, PG_BINARY_R);
+	FILE	   *file;
 	CacheDirty *batch;
 	DumpRecord	rec;
 	int			n = 0;
 
-	if (file == NULL)
-		return;
-	batch = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
 	begin_step("tokenstore: applying last uses saved at shutdown");
+	file = AllocateFile(DUMP_FILE, PG_BINARY_R);
+	if (file == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not read \"%s\": %m", DUMP_FILE)));
+		end_step();
+		return;
+	}
+	batch = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
 	store_begin();
 	while (fread(&rec, sizeof(rec), 1, file) == 1)
 	{
@@ -321,9 +332,9 @@ apply_dump(void)
 	if (n > 0)
 		store_flush(batch, n);
 	store_end();
-	end_step();
-	FreeFile(file);
+	(void) FreeFile(file);
 	pfree(batch);
+	end_step();
 }
 
 static void
@@ -505,6 +516,29 @@ run_due_workers(void)
 	}
 }
 
+/*
+ * After a reload: a shortened interval takes effect now, not after the wait
+ * the old one scheduled.
+ */
+static void
+apply_intervals(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz run = now + (int64) tokenstore_flush_interval * 1000;
+	TimestampTz sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
+	int			i;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	for (i = 0; i < WORKER_MAX_DATABASES; i++)
+	{
+		DbSlot	   *slot = &ws->slots[i];
+
+		slot->next_run = Min(slot->next_run, run);
+		slot->next_sweep = Min(slot->next_sweep, sweep);
+	}
+	LWLockRelease(ws->lock);
+}
+
 /* Save the dirty last uses of every database for the next start. */
 static void
 dump_dirty(void)
@@ -587,6 +621,7 @@ tokenstore_launcher_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			apply_intervals();
 		}
 	}
 

@@ -130,7 +130,8 @@ apply_pending(void)
 				cache_mark_clean(&p->key, p->generation);
 				break;
 			case PENDING_PURGE:
-				cache_purge_db(p->dbid);
+				if (cache_enabled())
+					cache_purge_db(p->dbid);
 				if (p->dbid != MyDatabaseId)
 					worker_forget_db(p->dbid);
 				break;
@@ -410,6 +411,11 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	else if (access == OAT_DROP && classId == RelationRelationId &&
 			 subId == 0 && is_token_table(objectId))
 		queue(PENDING_PURGE);
+	else if (access == OAT_POST_CREATE && classId == DatabaseRelationId)
+	{
+		/* a copy of a database with tokenstore has it from the start */
+		queue(PENDING_REGISTER)->dbid = objectId;
+	}
 	else if (access == OAT_POST_CREATE && classId == ExtensionRelationId)
 	{
 		/*
