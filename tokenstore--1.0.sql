@@ -30,22 +30,45 @@ CREATE TABLE tokenstore.token (
 	idle_timeout	interval
 		CHECK (idle_timeout > '0' AND date_part('day', idle_timeout) = 0
 			   AND date_part('month', idle_timeout) = 0),
-	share_secret	bytea
-);
+	share_secret	bytea,
+	idle_sweep_at	timestamptz
+) WITH (fillfactor = 90);
 
 COMMENT ON TABLE tokenstore.token IS
 	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';
 COMMENT ON COLUMN tokenstore.token.expires_at IS
 	'absolute deadline (NULL: none); the idle deadline is last_used_at + idle_timeout';
+COMMENT ON COLUMN tokenstore.token.idle_sweep_at IS
+	'idle timeout only: when the sweep looks at the row next, never after its idle deadline (set by a trigger)';
 COMMENT ON COLUMN tokenstore.token.share_secret IS
 	'share-mode tokens only: the token, encrypted with tokenstore.secret';
 
 CREATE INDEX token_user_id_idx ON tokenstore.token (user_id);
-/* The sweep walks these, oldest deadline first. */
+/*
+ * The sweep walks these, oldest deadline first.  No index covers
+ * last_used_at, so that the worker's flushes are HOT updates (fillfactor
+ * leaves them room); idle_sweep_at stands in for the idle deadline.
+ */
 CREATE INDEX token_expires_at_idx ON tokenstore.token (expires_at)
 	WHERE expires_at IS NOT NULL;
-CREATE INDEX token_idle_idx ON tokenstore.token (last_used_at)
-	WHERE idle_timeout IS NOT NULL;
+CREATE INDEX token_idle_idx ON tokenstore.token (idle_sweep_at)
+	WHERE idle_sweep_at IS NOT NULL;
+
+CREATE FUNCTION tokenstore.token_idle_sweep_at()
+	RETURNS trigger
+	AS 'MODULE_PATHNAME', 'token_idle_sweep_at'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION tokenstore.token_idle_sweep_at() FROM PUBLIC;
+CREATE TRIGGER token_idle_sweep_at BEFORE INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore.token_idle_sweep_at();
+/* an operator's edit may move the idle deadline earlier; a flush never does */
+CREATE TRIGGER token_idle_sweep_at_edit BEFORE UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (NEW.last_used_at < OLD.last_used_at
+		  OR NEW.idle_timeout IS DISTINCT FROM OLD.idle_timeout)
+	EXECUTE FUNCTION tokenstore.token_idle_sweep_at();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at_edit;
 
 /* The per-database key that encrypts share-mode tokens: 244 random bits. */
 CREATE TABLE tokenstore.secret (
@@ -191,7 +214,7 @@ CREATE FUNCTION tokenstore.token_stats(OUT datname text,
 									   OUT hits bigint,
 									   OUT misses bigint,
 									   OUT fills bigint,
-									   OUT full bigint,
+									   OUT refused bigint,
 									   OUT evictions bigint)
 	RETURNS SETOF record
 	AS 'MODULE_PATHNAME', 'token_stats'

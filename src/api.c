@@ -753,7 +753,7 @@ token_stats(PG_FUNCTION_ARGS)
 		values[9] = Int64GetDatum(cache.hits);
 		values[10] = Int64GetDatum(cache.misses);
 		values[11] = Int64GetDatum(cache.fills);
-		values[12] = Int64GetDatum(cache.full);
+		values[12] = Int64GetDatum(cache.refused);
 		values[13] = Int64GetDatum(cache.evictions);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -90,7 +90,7 @@ typedef struct CacheShared
 {
 	pg_atomic_uint64 generation[CACHE_PARTITIONS];
 	pg_atomic_uint64 fills;
-	pg_atomic_uint64 full;
+	pg_atomic_uint64 refused;
 	pg_atomic_uint64 evictions;
 	int			nbackends;
 	BackendCounters counters[FLEXIBLE_ARRAY_MEMBER];
@@ -160,7 +160,7 @@ cache_shmem_startup(void)
 		for (i = 0; i < CACHE_PARTITIONS; i++)
 			pg_atomic_init_u64(&shared->generation[i], 0);
 		pg_atomic_init_u64(&shared->fills, 0);
-		pg_atomic_init_u64(&shared->full, 0);
+		pg_atomic_init_u64(&shared->refused, 0);
 		pg_atomic_init_u64(&shared->evictions, 0);
 		shared->nbackends = backend_slots();
 		for (i = 0; i < shared->nbackends; i++)
@@ -373,7 +373,7 @@ cache_fill(const TokenKey *key, const CacheValues *values,
 	if (e != NULL && !found)
 		pg_atomic_fetch_add_u64(&shared->fills, 1);
 	else if (e == NULL && !raced)
-		pg_atomic_fetch_add_u64(&shared->full, 1);
+		pg_atomic_fetch_add_u64(&shared->refused, 1);
 	return e != NULL;
 }
 
@@ -684,6 +684,6 @@ cache_stats(CacheStats *stats)
 		stats->misses += pg_atomic_read_u64(&shared->counters[i].misses);
 	}
 	stats->fills = pg_atomic_read_u64(&shared->fills);
-	stats->full = pg_atomic_read_u64(&shared->full);
+	stats->refused = pg_atomic_read_u64(&shared->refused);
 	stats->evictions = pg_atomic_read_u64(&shared->evictions);
 }

@@ -42,7 +42,7 @@ typedef struct CacheStats
 	int64		hits;
 	int64		misses;
 	int64		fills;
-	int64		full;
+	int64		refused;
 	int64		evictions;
 } CacheStats;
 

@@ -25,9 +25,11 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -39,6 +41,8 @@
 #include "utils/datum.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+
+PG_FUNCTION_INFO_V1(token_idle_sweep_at);
 
 /* Advisory lock space of per-user locks: field4 values 1 and 2 are SQL's. */
 #define USER_LOCK_SPACE		0x746B7374	/* "tkst" */
@@ -81,6 +85,7 @@ typedef enum StoreStmt
 	STMT_DELETE_ID,
 	STMT_DELETE_USER,
 	STMT_SWEEP_TTL,
+	STMT_SWEEP_IDLE_LATER,
 	STMT_SWEEP_IDLE,
 	STMT_FLUSH,
 	STMT_COUNT
@@ -182,13 +187,20 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/* the stored last use is never later than the real one: a prefilter */
+	/* idle_sweep_at is due, but the token was used since: look again later */
+	[STMT_SWEEP_IDLE_LATER] = {
+		"UPDATE tokenstore.token SET idle_sweep_at = " LAST_USED " + idle_timeout"
+		" WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token"
+		"   WHERE idle_sweep_at <= $1 AND " LAST_USED " + idle_timeout > $1"
+		"   ORDER BY idle_sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	},
 	[STMT_SWEEP_IDLE] = {
 		"DELETE FROM tokenstore.token WHERE token_hash IN"
 		" (SELECT token_hash FROM tokenstore.token"
-		"   WHERE idle_timeout IS NOT NULL"
-		"     AND last_used_at + idle_timeout <= $1"
-		"     AND " LAST_USED " + idle_timeout <= $1"
-		"   ORDER BY last_used_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		"   WHERE idle_sweep_at <= $1 AND " LAST_USED " + idle_timeout <= $1"
+		"   ORDER BY idle_sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	[STMT_FLUSH] = {
@@ -673,8 +685,46 @@ store_sweep(TimestampTz now, int batch)
 {
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
 
+	(void) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
 	return (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
+}
+
+/*
+ * BEFORE INSERT, and BEFORE an UPDATE that moves the idle deadline earlier:
+ * idle_sweep_at becomes the idle deadline.  Uses only move the real deadline
+ * later, so it stays a lower bound that the sweep moves forward; no index
+ * covers last_used_at, so a flush is a HOT update.
+ */
+Datum
+token_idle_sweep_at(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	int			column;
+	Datum		value;
+	bool		isnull;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("token_idle_sweep_at must be called as a trigger")));
+	desc = trigdata->tg_relation->rd_att;
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	value = heap_getattr(tuple, SPI_fnumber(desc, "idle_timeout"), desc, &isnull);
+	if (!isnull)
+	{
+		Datum		used = heap_getattr(tuple, SPI_fnumber(desc, "last_used_at"),
+										desc, &isnull);
+
+		if (!isnull)
+			value = DirectFunctionCall2(timestamptz_pl_interval, used, value);
+	}
+	column = SPI_fnumber(desc, "idle_sweep_at");
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &column,
+													 &value, &isnull));
 }
 
 /*

@@ -337,8 +337,13 @@ apply_dump(void)
 	end_step();
 }
 
+/*
+ * Record a run.  A sweep that ran out of time stays due: the next run, one
+ * flush interval later, goes on with it.
+ */
 static void
-record_run(TimestampTz now, int64 flushed, bool swept, int64 rows_swept)
+record_run(TimestampTz now, int64 flushed, bool swept, bool sweep_done,
+		   int64 rows_swept)
 {
 	DbSlot	   *slot;
 
@@ -353,7 +358,8 @@ record_run(TimestampTz now, int64 flushed, bool swept, int64 rows_swept)
 		{
 			slot->last_sweep = now;
 			slot->rows_swept += rows_swept;
-			slot->next_sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
+			if (sweep_done)
+				slot->next_sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
 		}
 	}
 	LWLockRelease(ws->lock);
@@ -372,6 +378,20 @@ sweep_due(TimestampTz now)
 	return due;
 }
 
+/*
+ * Between batches, rest as long as the last one took: a long flush or sweep
+ * then takes at most about half a core from the sessions checking tokens.
+ */
+static void
+yield_after(TimestampTz started)
+{
+	long		ms = (long) ((GetCurrentTimestamp() - started) / 1000);
+
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 Min(ms, 1000), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
 void
 tokenstore_worker_main(Datum arg)
 {
@@ -381,6 +401,8 @@ tokenstore_worker_main(Datum arg)
 	int64		swept = 0;
 	int64		n;
 	bool		sweeping;
+	bool		sweep_done = false;
+	TimestampTz sweep_until;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -400,15 +422,23 @@ tokenstore_worker_main(Datum arg)
 	now = GetCurrentTimestamp();
 	do
 	{
+		TimestampTz started = GetCurrentTimestamp();
+
 		begin_step("tokenstore: flushing last uses");
 		n = worker_flush(FLUSH_BATCH);
 		end_step();
 		flushed += n;
+		if (n == FLUSH_BATCH)
+			yield_after(started);
 	} while (n == FLUSH_BATCH && !ShutdownRequestPending);
 
+	/* half a flush interval at most, so that other databases get their turn */
+	sweep_until = GetCurrentTimestamp() + (int64) tokenstore_flush_interval * 500;
 	sweeping = sweep_due(now);
 	while (sweeping && !ShutdownRequestPending)
 	{
+		TimestampTz started = GetCurrentTimestamp();
+
 		begin_step("tokenstore: sweeping expired tokens");
 		store_begin();
 		n = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH);
@@ -416,9 +446,15 @@ tokenstore_worker_main(Datum arg)
 		end_step();
 		swept += n;
 		if (n == 0)
+		{
+			sweep_done = true;
 			break;
+		}
+		if (GetCurrentTimestamp() >= sweep_until)
+			break;
+		yield_after(started);
 	}
-	record_run(now, flushed, sweeping, swept);
+	record_run(now, flushed, sweeping, sweep_done, swept);
 	proc_exit(0);
 }
 

@@ -41,8 +41,8 @@
  * - PREPARE TRANSACTION is refused once tokens changed: a prepared
  *   transaction commits later, in another process, without our callbacks.
  * - A transaction that queues more than PENDING_MAX actions purges its
- *   database at commit instead: invalidating more than needed is always
- *   safe, so memory stays bounded.
+ *   database at commit instead (invalidating more than needed is always
+ *   safe), and drops the fills and mark-cleans, so memory stays bounded.
  *
  *-------------------------------------------------------------------------
  */
@@ -193,14 +193,17 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 }
 
 /*
- * Replace the queue by one purge of this database, at the lowest level of
- * the invalidations it replaces (purging more than needed is safe; fills and
- * mark-cleans may be dropped).
+ * Make room in a full queue.  Fills and mark-cleans may be dropped (an entry
+ * not cached, or left dirty and written again, is only slower); purges of
+ * other databases and registrations stay; the invalidations of this database
+ * become one purge of it, at the lowest level of those it replaces (purging
+ * more than needed is safe).
  */
 static void
 collapse_to_purge(void)
 {
 	int			level = GetCurrentTransactionNestLevel();
+	bool		invalidates = false;
 	int			i;
 	int			kept = 0;
 
@@ -210,11 +213,16 @@ collapse_to_purge(void)
 
 		if (p->kind == PENDING_UPDATE || p->kind == PENDING_REMOVE ||
 			(p->kind == PENDING_PURGE && p->dbid == MyDatabaseId))
+		{
 			level = Min(level, p->nest_level);
+			invalidates = true;
+		}
 		else if (p->kind == PENDING_PURGE || p->kind == PENDING_REGISTER)
 			pending[kept++] = *p;
 	}
 	npending = kept;
+	if (!invalidates)
+		return;
 	pending[npending].kind = PENDING_PURGE;
 	pending[npending].nest_level = level;
 	pending[npending].dbid = MyDatabaseId;

@@ -78,7 +78,7 @@ sub stats
 {
 	my ($node, $db, $datname) = @_;
 	my @columns = qw(datname cached dirty last_flush last_sweep rows_flushed
-	  rows_swept capacity entries hits misses fills full evictions);
+	  rows_swept capacity entries hits misses fills refused evictions);
 	my %row;
 	my $out;
 

@@ -52,6 +52,9 @@ cmp_ok($node->safe_psql($db, sprintf($stats, 'rows_flushed')), '>', $flushed,
 TokenstoreTest::wait_for($node, $db,
 	"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'tokenstore worker'",
 	't', 'workers show in pg_stat_activity');
+TokenstoreTest::wait_for($node, $db,
+	"SELECT n_tup_hot_upd >= 2 AND n_tup_hot_upd = n_tup_upd FROM pg_stat_user_tables WHERE relid = 'tokenstore.token'::regclass",
+	't', 'flushes are HOT updates (no index covers last_used_at)');
 
 # The sweep: tokens past their absolute or idle deadline are deleted.
 $node->safe_psql($db, q{
