@@ -87,4 +87,24 @@ is($node->safe_psql($db,
 		"SELECT count(*) FROM tokenstore.token WHERE user_id = 'cold'"),
 	'0', 'while the unused one was');
 
+# A flush bigger than a transaction's queue of cache actions (65,536) writes
+# every use and leaves the cache as it was.  The worker must neither share
+# the work nor sweep meanwhile, so it goes back to sleep first.
+$node->safe_psql($db, "ALTER SYSTEM RESET tokenstore.flush_interval");
+$node->safe_psql($db, "ALTER SYSTEM RESET tokenstore.sweep_interval");
+$node->safe_psql($db, 'SELECT pg_reload_conf()');
+TokenstoreTest::wait_for($node, $db,
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tokenstore worker'",
+	'0', 'the worker is idle');
+$node->safe_psql($db,
+	"CREATE TABLE many AS SELECT tokenstore.token_make('many' || i) AS token FROM generate_series(1, 70000) i");
+is($node->safe_psql($db, 'SELECT count(tokenstore.token_user(token)) FROM many'),
+	'70000', '70,000 checks');
+my $entries = $node->safe_psql($db, sprintf($stats, 'entries'));
+cmp_ok($entries, '>=', 70000, 'all cached');
+is($node->safe_psql($db, 'SELECT tokenstore.token_flush()'), '70000',
+	'one token_flush writes all their uses');
+is($node->safe_psql($db, sprintf($stats, 'entries')), $entries, 'and keeps them cached');
+$node->safe_psql($db, 'DELETE FROM tokenstore.token WHERE user_id LIKE \'many%\'; DROP TABLE many');
+
 done_testing();
