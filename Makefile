@@ -6,12 +6,12 @@
 EXTENSION = tokenstore
 MODULE_big = tokenstore
 OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
-	src/cache.o src/xact.o src/worker.o
+	src/cache.o src/xact.o src/worker.o src/fanout.o src/redis.o
 DATA = tokenstore--1.0.sql
 PGFILEDESC = "tokenstore - session and API-token store"
 
 PG_CPPFLAGS = -I$(srcdir)/src
-SHLIB_LINK = -lcrypto
+SHLIB_LINK = -lcrypto -lhiredis
 
 # pg_regress: sql/ and expected/ (installcheck starts a throwaway server)
 REGRESS = setup make check list modes expiry revoke rotate errors \

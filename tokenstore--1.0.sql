@@ -98,10 +98,10 @@ CREATE FUNCTION tokenstore.last_used(token_hash bytea, stored timestamptz)
 REVOKE ALL ON FUNCTION tokenstore.last_used(bytea, timestamptz) FROM PUBLIC;
 
 /*
- * Every committed change to a row reaches the cache through these triggers
- * (see src/xact.c).  Updates that only move last_used_at forward, as the
- * worker's flushes do, are no change to the cache.  ENABLE ALWAYS: they fire
- * under session_replication_role = replica too.
+ * Every committed change to a row reaches the cache and Redis through these
+ * triggers (see src/xact.c).  Updates that only move last_used_at forward,
+ * as the worker's flushes do, are no change to either.  ENABLE ALWAYS: they
+ * fire under session_replication_role = replica too.
  */
 CREATE FUNCTION tokenstore.token_cache_sync()
 	RETURNS trigger
@@ -115,12 +115,17 @@ CREATE TRIGGER token_cache_update AFTER UPDATE ON tokenstore.token
 		  OR OLD.user_id IS DISTINCT FROM NEW.user_id
 		  OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
 		  OR OLD.idle_timeout IS DISTINCT FROM NEW.idle_timeout
+		  OR OLD.info IS DISTINCT FROM NEW.info
+		  OR OLD.created_at IS DISTINCT FROM NEW.created_at
 		  OR NEW.last_used_at < OLD.last_used_at)
 	EXECUTE FUNCTION tokenstore.token_cache_sync();
+CREATE TRIGGER token_cache_insert AFTER INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore.token_cache_sync();
 CREATE TRIGGER token_cache_delete AFTER DELETE ON tokenstore.token
 	FOR EACH ROW EXECUTE FUNCTION tokenstore.token_cache_sync();
 CREATE TRIGGER token_cache_truncate AFTER TRUNCATE ON tokenstore.token
 	FOR EACH STATEMENT EXECUTE FUNCTION tokenstore.token_cache_sync();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_insert;
 ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_update;
 ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_delete;
 ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_truncate;
@@ -226,3 +231,24 @@ CREATE FUNCTION tokenstore.token_stats(OUT datname text,
  */
 CREATE VIEW tokenstore.stats AS SELECT * FROM tokenstore.token_stats();
 GRANT SELECT ON tokenstore.stats TO PUBLIC;
+
+CREATE FUNCTION tokenstore.token_redis_stats(OUT state text,
+									   OUT server text,
+									   OUT queued bigint,
+									   OUT queue_bytes bigint,
+									   OUT sent bigint,
+									   OUT errors bigint,
+									   OUT overflows bigint,
+									   OUT resyncs bigint,
+									   OUT oldest_unsent interval,
+									   OUT last_error text)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'token_redis_stats'
+	LANGUAGE C VOLATILE;
+
+/*
+ * The Redis mirror: off, down (configured, not connected), resync (some
+ * database is being written again) or up; and the publisher's counters.
+ */
+CREATE VIEW tokenstore.redis_stats AS SELECT * FROM tokenstore.token_redis_stats();
+GRANT SELECT ON tokenstore.redis_stats TO PUBLIC;

@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "datatype/timestamp.h"
 #include "event.h"
+#include "fanout.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -45,6 +46,7 @@ PG_FUNCTION_INFO_V1(token_sweep);
 PG_FUNCTION_INFO_V1(token_flush);
 PG_FUNCTION_INFO_V1(token_last_used);
 PG_FUNCTION_INFO_V1(token_stats);
+PG_FUNCTION_INFO_V1(token_redis_stats);
 
 /* ---- arguments ---- */
 
@@ -376,8 +378,11 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 		if (may_fill && cache_fill(&row->key, &values, now, true, generation))
 			return;
 	}
-	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000)
-		store_touch(&row->key, now);
+	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000 &&
+		store_touch(&row->key, now) && row->idle_us > 0)
+		xact_queue_expire(&row->key,
+						  Min(row->has_expires ? row->expires_at : DT_NOEND,
+							  now + row->idle_us));
 }
 
 /*
@@ -758,4 +763,55 @@ token_stats(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+static const char *
+redis_state(const FanoutStats *stats)
+{
+	switch (stats->conn)
+	{
+		case FANOUT_OFF:
+			return "off";
+		case FANOUT_DOWN:
+			return "down";
+		case FANOUT_UP:
+			break;
+	}
+	return worker_synced(stats->epoch) ? "up" : "resync";
+}
+
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = s[0] == '\0';
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
+/* The row of the tokenstore.redis_stats view. */
+Datum
+token_redis_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	FanoutStats stats;
+	Datum		values[10];
+	bool		nulls[10] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	fanout_stats(&stats);
+	values[0] = CStringGetTextDatum(redis_state(&stats));
+	values[1] = text_or_null(stats.server, &nulls[1]);
+	values[2] = Int64GetDatum(stats.queued);
+	values[3] = Int64GetDatum(stats.queue_bytes);
+	values[4] = Int64GetDatum(stats.sent);
+	values[5] = Int64GetDatum(stats.errors);
+	values[6] = Int64GetDatum(stats.overflows);
+	values[7] = Int64GetDatum(stats.resyncs);
+	nulls[8] = stats.oldest == 0;
+	if (!nulls[8])
+		values[8] = DirectFunctionCall2(timestamp_mi,
+										TimestampTzGetDatum(GetCurrentTimestamp()),
+										TimestampTzGetDatum(stats.oldest));
+	values[9] = text_or_null(stats.last_error, &nulls[9]);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

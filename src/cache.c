@@ -519,6 +519,8 @@ cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 		memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
 		out[n].observed = used;
 		out[n].last_used = used_time(used);
+		out[n].deadline = e->idle_us == 0 ? 0 :
+			Min(e->expires_at, out[n].last_used + e->idle_us);
 		if (++n == max)
 		{
 			hash_seq_term(&status);

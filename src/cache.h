@@ -32,6 +32,7 @@ typedef struct CacheDirty
 	TokenKey	key;
 	uint64		observed;		/* packed value seen, for cache_mark_clean */
 	TimestampTz last_used;
+	TimestampTz deadline;		/* the idle deadline the use moves; 0: none */
 } CacheDirty;
 
 /* Cache-wide counters, for the stats view. */

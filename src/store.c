@@ -88,6 +88,8 @@ typedef enum StoreStmt
 	STMT_SWEEP_IDLE_LATER,
 	STMT_SWEEP_IDLE,
 	STMT_FLUSH,
+	STMT_LIVE_PAGE,
+	STMT_LIVE_AMONG,
 	STMT_COUNT
 } StoreStmt;
 
@@ -208,6 +210,17 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"  FROM unnest($1, $2) AS v(hash, used)"
 		" WHERE t.token_hash = v.hash AND t.last_used_at < v.used",
 		2, {BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+	},
+	[STMT_LIVE_PAGE] = {
+		"SELECT " READ_COLUMNS " FROM tokenstore.token"
+		" WHERE token_hash > $1 AND " LIVE("$2")
+		" ORDER BY token_hash LIMIT $3",
+		3, {BYTEAOID, TIMESTAMPTZOID, INT4OID}
+	},
+	[STMT_LIVE_AMONG] = {
+		"SELECT token_hash FROM tokenstore.token"
+		" WHERE token_hash = ANY ($1) AND " LIVE("$2"),
+		2, {BYTEAARRAYOID, TIMESTAMPTZOID}
 	},
 };
 
@@ -393,32 +406,30 @@ store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row)
 }
 
 /*
- * Record a use at `now`.  Skipped in read-only transactions (and on a
- * standby).  Under REPEATABLE READ and SERIALIZABLE another session's touch
+ * Record a use at `now`; true if it was written.  Skipped in read-only
+ * transactions (and on a standby).  Under REPEATABLE READ and SERIALIZABLE another session's touch
  * committing between our snapshot and our lock would be a serialization
  * failure; losing that race only means someone else recorded the use, so the
  * touch runs in a subtransaction and such a failure is swallowed.
  */
-void
+bool
 store_touch(const TokenKey *key, TimestampTz now)
 {
 	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool written = false;
 
 	if (XactReadOnly)
-		return;
+		return false;
 	if (!IsolationUsesXactSnapshot())
-	{
-		store_exec(STMT_TOUCH, values, NULL, 0);
-		return;
-	}
+		return store_exec(STMT_TOUCH, values, NULL, 0) > 0;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		store_exec(STMT_TOUCH, values, NULL, 0);
+		written = store_exec(STMT_TOUCH, values, NULL, 0) > 0;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -438,15 +449,13 @@ store_touch(const TokenKey *key, TimestampTz now)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	return written;
 }
 
-/* The user's live tokens, oldest first: a List of TokenRow *. */
-List *
-store_list(const char *user_id, TimestampTz now)
+/* The n rows of the last result, as a List of TokenRow *. */
+static List *
+rows_from_result(uint64 n)
 {
-	Datum		values[2] = {CStringGetTextDatum(user_id),
-	TimestampTzGetDatum(now)};
-	uint64		n = store_exec(STMT_LIST, values, NULL, 0);
 	List	   *rows = NIL;
 	uint64		i;
 
@@ -460,6 +469,61 @@ store_list(const char *user_id, TimestampTz now)
 		row_from_result(i, row);
 	}
 	return rows;
+}
+
+/* The user's live tokens, oldest first: a List of TokenRow *. */
+List *
+store_list(const char *user_id, TimestampTz now)
+{
+	Datum		values[2] = {CStringGetTextDatum(user_id),
+	TimestampTzGetDatum(now)};
+
+	return rows_from_result(store_exec(STMT_LIST, values, NULL, 0));
+}
+
+/*
+ * Up to limit live tokens whose keys follow *after (all zeros to start), in
+ * key order: the pages of a resynchronisation.
+ */
+List *
+store_live_page(const TokenKey *after, TimestampTz now, int limit)
+{
+	Datum		values[3] = {key_datum(after), TimestampTzGetDatum(now),
+	Int32GetDatum(limit)};
+
+	return rows_from_result(store_exec(STMT_LIVE_PAGE, values, NULL, 0));
+}
+
+static int
+key_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, sizeof(TokenKey));
+}
+
+/* Which of the n keys belong to live tokens: live[i] for keys[i]. */
+void
+store_live_among(const TokenKey *keys, int n, TimestampTz now, bool *live)
+{
+	Datum	   *hashes = palloc(sizeof(Datum) * n);
+	Datum		values[2];
+	TokenKey   *found;
+	uint64		nfound;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+		hashes[i] = key_datum(&keys[i]);
+	values[0] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
+												false, TYPALIGN_INT));
+	values[1] = TimestampTzGetDatum(now);
+	nfound = store_exec(STMT_LIVE_AMONG, values, NULL, 0);
+	found = palloc(sizeof(TokenKey) * Max(nfound, 1));
+	for (i = 0; i < nfound; i++)
+		key_from_column(i, 1, &found[i]);
+	qsort(found, nfound, sizeof(TokenKey), key_cmp);
+	for (i = 0; i < n; i++)
+		live[i] = bsearch(&keys[i], found, nfound, sizeof(TokenKey), key_cmp) != NULL;
+	pfree(found);
+	pfree(hashes);
 }
 
 /* Insert a new token, last used at its creation; false if it exists. */

@@ -38,7 +38,7 @@ extern void store_end(void);
 
 extern bool store_find(const TokenKey *key, TimestampTz now, TokenRow *row);
 extern bool store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row);
-extern void store_touch(const TokenKey *key, TimestampTz now);
+extern bool store_touch(const TokenKey *key, TimestampTz now);
 extern List *store_list(const char *user_id, TimestampTz now);
 
 extern bool store_insert(const TokenRow *row);
@@ -59,5 +59,8 @@ extern List *store_delete_user(const char *user_id, const TokenKey *keep,
 							   TimestampTz now);
 extern int64 store_sweep(TimestampTz now, int batch);
 extern int64 store_flush(const CacheDirty *dirty, int n);
+extern List *store_live_page(const TokenKey *after, TimestampTz now, int limit);
+extern void store_live_among(const TokenKey *keys, int n, TimestampTz now,
+							 bool *live);
 
 #endif

@@ -16,8 +16,10 @@
 #include <limits.h>
 
 #include "cache.h"
+#include "fanout.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "redis.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -41,6 +43,12 @@ bool		tokenstore_notify = false;
 int			tokenstore_max_cached_tokens = 100000;
 int			tokenstore_flush_interval = 10000;
 int			tokenstore_sweep_interval = 60;
+char	   *tokenstore_redis_url = NULL;
+char	   *tokenstore_redis_sentinels = NULL;
+char	   *tokenstore_redis_master_name = NULL;
+char	   *tokenstore_redis_prefix = NULL;
+int			tokenstore_redis_timeout = 1000;
+int			tokenstore_redis_queue_size = 16384;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -100,6 +108,7 @@ shmem_request(void)
 		prev_shmem_request_hook();
 	cache_shmem_request();
 	worker_shmem_request();
+	fanout_shmem_request();
 }
 
 static void
@@ -110,6 +119,7 @@ shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cache_shmem_startup();
 	worker_shmem_startup();
+	fanout_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -129,6 +139,47 @@ define_background_settings(void)
 							&tokenstore_sweep_interval,
 							60, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+/* The Redis mirror: all reload on SIGHUP (the queue's size is with the cache's). */
+static void
+define_redis_settings(void)
+{
+	DefineCustomStringVariable("tokenstore.redis_url",
+							   "Redis server that mirrors the tokens: redis://[[user]:password@]host[:port][/db] or unix://[[user]:password@]/path[?db=N] (empty: no mirror).",
+							   NULL,
+							   &tokenstore_redis_url,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_sentinels",
+							   "Sentinels that name the Redis master: host:port, comma-separated (empty: none).",
+							   NULL,
+							   &tokenstore_redis_sentinels,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_master_name",
+							   "Name of the master the sentinels monitor.",
+							   NULL,
+							   &tokenstore_redis_master_name,
+							   "mymaster",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_prefix",
+							   "Prefix of every Redis key and channel tokenstore writes.",
+							   NULL,
+							   &tokenstore_redis_prefix,
+							   "tokenstore:",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("tokenstore.redis_timeout",
+							"Timeout of connecting to Redis and of each exchange with it.",
+							NULL,
+							&tokenstore_redis_timeout,
+							1000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 
@@ -188,6 +239,7 @@ _PG_init(void)
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 	define_background_settings();
+	define_redis_settings();
 
 	if (process_shared_preload_libraries_in_progress)
 	{
@@ -198,12 +250,21 @@ _PG_init(void)
 								100000, 0, INT_MAX / 2,
 								PGC_POSTMASTER, 0,
 								NULL, NULL, NULL);
+		DefineCustomIntVariable("tokenstore.redis_queue_size",
+								"Shared memory for committed changes waiting to be sent to Redis.",
+								NULL,
+								&tokenstore_redis_queue_size,
+								16384, 64, INT_MAX / 1024,
+								PGC_POSTMASTER, GUC_UNIT_KB,
+								NULL, NULL, NULL);
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = shmem_request;
 		prev_shmem_startup_hook = shmem_startup_hook;
 		shmem_startup_hook = shmem_startup;
 		xact_init();
+		redis_init();
 		worker_register_launcher();
+		redis_register_publisher();
 	}
 
 	MarkGUCPrefixReserved("tokenstore");

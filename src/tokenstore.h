@@ -21,6 +21,12 @@ extern bool tokenstore_notify;
 extern int	tokenstore_max_cached_tokens;
 extern int	tokenstore_flush_interval;
 extern int	tokenstore_sweep_interval;
+extern char *tokenstore_redis_url;
+extern char *tokenstore_redis_sentinels;
+extern char *tokenstore_redis_master_name;
+extern char *tokenstore_redis_prefix;
+extern int	tokenstore_redis_timeout;
+extern int	tokenstore_redis_queue_size;
 
 extern bool login_mode_parse(const char *name, LoginMode *mode);
 

@@ -35,10 +35,12 @@
 #include "cache.h"
 #include "catalog/pg_database.h"
 #include "commands/extension.h"
+#include "fanout.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "redis.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -56,6 +58,7 @@
 #define WORKER_TRANCHE		"tokenstore worker"
 #define FLUSH_BATCH			10000
 #define SWEEP_BATCH			1000
+#define RESYNC_RETRY_MS		1000
 #define DUMP_FILE			"tokenstore.last_used"
 #define DUMP_TEMP			DUMP_FILE ".tmp"
 
@@ -76,6 +79,8 @@ typedef struct DbSlot
 	TimestampTz last_sweep;
 	int64		rows_flushed;
 	int64		rows_swept;
+	uint64		synced_epoch;	/* Redis holds its tokens as of this epoch */
+	TimestampTz next_resync;	/* earliest retry of a failed resync */
 } DbSlot;
 
 typedef struct WorkerShared
@@ -120,20 +125,31 @@ worker_shmem_startup(void)
 	}
 }
 
+/*
+ * A tokenstore process: started once recovery is over, restarted ten
+ * seconds after a failure, named by its type in pg_stat_activity.
+ */
+void
+worker_describe(BackgroundWorker *worker, const char *function,
+				const char *type)
+{
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = 10;
+	snprintf(worker->bgw_library_name, BGW_MAXLEN, "tokenstore");
+	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
+}
+
 void
 worker_register_launcher(void)
 {
 	BackgroundWorker worker;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-		BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 10;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "tokenstore");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "tokenstore_launcher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "tokenstore launcher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "tokenstore launcher");
+	worker_describe(&worker, "tokenstore_launcher_main", "tokenstore launcher");
+	worker.bgw_flags |= BGWORKER_BACKEND_DATABASE_CONNECTION;
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -191,6 +207,35 @@ worker_register_db(Oid dbid)
 	if (ws->launcher_latch != NULL)
 		SetLatch(ws->launcher_latch);
 	LWLockRelease(ws->lock);
+}
+
+/* Have the launcher look at its databases now (Redis needs them written). */
+void
+worker_wake(void)
+{
+	if (ws == NULL)
+		return;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	if (ws->launcher_latch != NULL)
+		SetLatch(ws->launcher_latch);
+	LWLockRelease(ws->lock);
+}
+
+/* Whether every database with tokenstore has written its tokens to Redis. */
+bool
+worker_synced(uint64 epoch)
+{
+	bool		synced = true;
+	int			i;
+
+	if (ws == NULL)
+		return true;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	for (i = 0; i < WORKER_MAX_DATABASES; i++)
+		if (ws->slots[i].state == SLOT_ACTIVE && ws->slots[i].synced_epoch != epoch)
+			synced = false;
+	LWLockRelease(ws->lock);
+	return synced;
 }
 
 /* Forget a database (dropped, or without the extension). */
@@ -378,6 +423,45 @@ sweep_due(TimestampTz now)
 	return due;
 }
 
+/* Whether this database must write its tokens to Redis, as of *epoch. */
+static bool
+resync_due(uint64 *epoch)
+{
+	DbSlot	   *slot;
+	bool		due;
+
+	if (!fanout_up(epoch))
+		return false;
+	LWLockAcquire(ws->lock, LW_SHARED);
+	slot = find_slot(MyDatabaseId);
+	due = slot != NULL && slot->synced_epoch != *epoch;
+	LWLockRelease(ws->lock);
+	return due;
+}
+
+/*
+ * Write the database's live tokens to Redis; once done, the database is in
+ * sync as of the epoch read before (a newer one means another round).
+ */
+static void
+resync(void)
+{
+	uint64		epoch;
+	bool		done;
+	DbSlot	   *slot;
+
+	if (!resync_due(&epoch))
+		return;
+	begin_step("tokenstore: writing the tokens to Redis");
+	done = redis_resync_db();
+	end_step();
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = find_slot(MyDatabaseId);
+	if (slot != NULL && done)
+		slot->synced_epoch = epoch;
+	LWLockRelease(ws->lock);
+}
+
 /*
  * Between batches, rest as long as the last one took: a long flush or sweep
  * then takes at most about half a core from the sessions checking tokens.
@@ -455,6 +539,7 @@ tokenstore_worker_main(Datum arg)
 		yield_after(started);
 	}
 	record_run(now, flushed, sweeping, sweep_done, swept);
+	resync();
 	proc_exit(0);
 }
 
@@ -493,15 +578,10 @@ run_worker(Oid dbid)
 	BackgroundWorkerHandle *handle;
 	pid_t		pid;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-		BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker_describe(&worker, "tokenstore_worker_main", "tokenstore worker");
+	worker.bgw_flags |= BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "tokenstore");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "tokenstore_worker_main");
 	snprintf(worker.bgw_name, BGW_MAXLEN, "tokenstore worker for database %u", dbid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "tokenstore worker");
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -509,7 +589,7 @@ run_worker(Oid dbid)
 	{
 		ereport(LOG,
 				(errmsg("tokenstore could not start a worker for database %u", dbid),
-				 errhint("Raise max_worker_processes: tokenstore needs two.")));
+				 errhint("Raise max_worker_processes: tokenstore needs three.")));
 		return;
 	}
 	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
@@ -528,21 +608,29 @@ run_due_workers(void)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		Oid			dbid = InvalidOid;
+		uint64		epoch;
+		bool		redis_up = fanout_up(&epoch);
 		int			i;
 
 		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
 		for (i = 0; i < WORKER_MAX_DATABASES; i++)
 		{
 			DbSlot	   *slot = &ws->slots[i];
+			TimestampTz due = slot->next_run;
 
 			if (slot->state == SLOT_FREE)
 				continue;
-			if (slot->next_run <= now && !OidIsValid(dbid))
+			if (redis_up && slot->state == SLOT_ACTIVE &&
+				slot->synced_epoch != epoch)
+				due = Min(due, slot->next_resync);
+			if (due <= now && !OidIsValid(dbid))
 			{
 				dbid = slot->dbid;
 				slot->next_run = now + (int64) tokenstore_flush_interval * 1000;
+				slot->next_resync = now + RESYNC_RETRY_MS * 1000;
+				due = Min(slot->next_run, slot->next_resync);
 			}
-			next = Min(next, slot->next_run);
+			next = Min(next, due);
 		}
 		LWLockRelease(ws->lock);
 		if (!OidIsValid(dbid) || ShutdownRequestPending)

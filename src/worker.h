@@ -5,6 +5,7 @@
 #define TOKENSTORE_WORKER_H
 
 #include "datatype/timestamp.h"
+#include "postmaster/bgworker.h"
 
 /* What the stats view shows of one database. */
 typedef struct WorkerDbStats
@@ -18,9 +19,13 @@ typedef struct WorkerDbStats
 
 extern void worker_shmem_request(void);
 extern void worker_shmem_startup(void);
+extern void worker_describe(BackgroundWorker *worker, const char *function,
+							const char *type);
 extern void worker_register_launcher(void);
 extern void worker_register_db(Oid dbid);
 extern void worker_forget_db(Oid dbid);
+extern void worker_wake(void);
+extern bool worker_synced(uint64 epoch);
 extern int	worker_db_stats(WorkerDbStats *out, int max);
 extern int64 worker_flush(int max);
 

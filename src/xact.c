@@ -44,6 +44,13 @@
  *   database at commit instead (invalidating more than needed is always
  *   safe), and drops the fills and mark-cleans, so memory stays bounded.
  *
+ * The same queue carries the messages for Redis (see fanout.c): the trigger
+ * also fires on INSERT and on changes of info for them, and at commit they
+ * are appended to the shared queue in one piece.  A transaction that changed
+ * tokens without queueing their messages (the mirror was off when the row
+ * changed but is on at commit, or the queue was collapsed) tells the
+ * publisher that Redis missed something, so every database resynchronises.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -55,7 +62,9 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
+#include "commands/dbcommands.h"
 #include "commands/trigger.h"
+#include "fanout.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -74,7 +83,8 @@ typedef enum PendingKind
 	PENDING_REMOVE,
 	PENDING_CLEAN,
 	PENDING_PURGE,
-	PENDING_REGISTER
+	PENDING_REGISTER,
+	PENDING_FANOUT
 } PendingKind;
 
 typedef struct Pending
@@ -87,11 +97,13 @@ typedef struct Pending
 	bool		set_used;		/* UPDATE */
 	TimestampTz last_used;		/* FILL, UPDATE */
 	uint64		generation;		/* FILL; for CLEAN, the value flushed */
+	FanoutMsg  *msg;			/* FANOUT */
 } Pending;
 
 static Pending *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
+static bool fanout_missed = false;
 static bool callbacks_registered = false;
 static object_access_hook_type prev_object_access_hook = NULL;
 
@@ -103,6 +115,7 @@ forget_pending(void)
 	pending = NULL;
 	npending = 0;
 	maxpending = 0;
+	fanout_missed = false;
 }
 
 static void
@@ -138,8 +151,32 @@ apply_pending(void)
 			case PENDING_REGISTER:
 				worker_register_db(p->dbid);
 				break;
+			case PENDING_FANOUT:
+				break;
 		}
 	}
+}
+
+/* Append the transaction's messages for Redis to the shared queue. */
+static void
+publish_pending(void)
+{
+	Size		total = 0;
+	TimestampTz now;
+	int			i;
+
+	if (fanout_missed && fanout_active())
+		fanout_lost();
+	for (i = 0; i < npending; i++)
+		if (pending[i].kind == PENDING_FANOUT)
+			total += pending[i].msg->len;
+	if (total == 0 || !fanout_append_begin(total))
+		return;
+	now = GetCurrentTimestamp();
+	for (i = 0; i < npending; i++)
+		if (pending[i].kind == PENDING_FANOUT)
+			fanout_append(pending[i].msg, now);
+	fanout_append_end();
 }
 
 static void
@@ -157,6 +194,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			apply_pending();
+			publish_pending();
 			forget_pending();
 			break;
 		case XACT_EVENT_ABORT:
@@ -194,7 +232,8 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /*
  * Make room in a full queue.  Fills and mark-cleans may be dropped (an entry
- * not cached, or left dirty and written again, is only slower); purges of
+ * not cached, or left dirty and written again, is only slower), and so may
+ * messages for Redis (which then resynchronises); purges of
  * other databases and registrations stay; the invalidations of this database
  * become one purge of it, at the lowest level of those it replaces (purging
  * more than needed is safe).
@@ -219,6 +258,8 @@ collapse_to_purge(void)
 		}
 		else if (p->kind == PENDING_PURGE || p->kind == PENDING_REGISTER)
 			pending[kept++] = *p;
+		else if (p->kind == PENDING_FANOUT)
+			fanout_missed = true;
 	}
 	npending = kept;
 	if (!invalidates)
@@ -229,18 +270,24 @@ collapse_to_purge(void)
 	npending++;
 }
 
-/* A zeroed slot at the end of the queue. */
-static Pending *
-queue(PendingKind kind)
+static void
+register_callbacks(void)
 {
-	Pending    *p;
-
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(xact_callback, NULL);
 		RegisterSubXactCallback(subxact_callback, NULL);
 		callbacks_registered = true;
 	}
+}
+
+/* A zeroed slot at the end of the queue. */
+static Pending *
+queue(PendingKind kind)
+{
+	Pending    *p;
+
+	register_callbacks();
 	if (npending >= maxpending)
 	{
 		int			newmax = Max(16, maxpending * 2);
@@ -290,6 +337,33 @@ xact_queue_fill(const TokenKey *key, const CacheValues *values,
 	p->generation = cache_generation(key);
 }
 
+/*
+ * Whether the transaction's changes should go to Redis; when not, remember
+ * that one went unsent (in case the mirror is on by commit time).
+ */
+static bool
+fanout_wanted(void)
+{
+	if (fanout_active())
+		return true;
+	if (fanout_loaded())
+	{
+		register_callbacks();
+		fanout_missed = true;
+	}
+	return false;
+}
+
+static void
+queue_fanout(FanoutMsg *msg)
+{
+	if (msg->len > FANOUT_MSG_MAX)
+		fanout_missed = true;
+	else
+		queue(PENDING_FANOUT)->msg = msg;
+}
+
+/* A flushed last use: mark it clean, and move its idle deadline in Redis. */
 void
 xact_queue_clean(const CacheDirty *flushed)
 {
@@ -297,6 +371,16 @@ xact_queue_clean(const CacheDirty *flushed)
 
 	p->key = flushed->key;
 	p->generation = flushed->observed;
+	if (flushed->deadline != 0)
+		xact_queue_expire(&flushed->key, flushed->deadline);
+}
+
+/* A use written to the table moved an idle deadline. */
+void
+xact_queue_expire(const TokenKey *key, TimestampTz deadline)
+{
+	if (fanout_wanted())
+		queue_fanout(fanout_msg_expire(key, deadline));
 }
 
 /* ---- the trigger on tokenstore.token ---- */
@@ -336,13 +420,55 @@ values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
 	text	   *user_id = DatumGetTextPP(column(trigdata, tuple, "user_id", &isnull));
 	Datum		idle = column(trigdata, tuple, "idle_timeout", &isnull);
 
+	memset(values, 0, sizeof(*values));
 	values->user_len = VARSIZE_ANY_EXHDR(user_id);
 	memcpy(values->user_id, VARDATA_ANY(user_id), values->user_len);
 	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DT_NOEND);
 	values->idle_us = isnull ? 0 : DatumGetIntervalP(idle)->time;
 }
 
-/* An UPDATE of a row: new values for the entry, or a new key. */
+/*
+ * When Redis is to drop the row's key: at the earlier of its deadlines,
+ * the idle one judged on the latest use, cached or written.
+ */
+static TimestampTz
+row_deadline(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
+			 const CacheValues *values)
+{
+	TimestampTz used;
+
+	if (values->idle_us == 0)
+		return values->expires_at;
+	used = timestamp_of(trigdata, tuple, "last_used_at", DT_NOBEGIN);
+	if (cache_enabled())
+		used = Max(used, cache_last_used(key));
+	return Min(values->expires_at, used + values->idle_us);
+}
+
+static void
+queue_fanout_set(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
+				 const CacheValues *values)
+{
+	bool		isnull;
+	Datum		info = column(trigdata, tuple, "info", &isnull);
+
+	queue_fanout(fanout_msg_set(key, values->user_id, values->user_len,
+								isnull ? NULL : DatumGetJsonbP(info),
+								timestamp_of(trigdata, tuple, "created_at", DT_NOBEGIN),
+								values->expires_at,
+								row_deadline(trigdata, tuple, key, values)));
+}
+
+static void
+queue_fanout_remove(const TokenKey *key, const CacheValues *values)
+{
+	queue_fanout(fanout_msg_remove(key, values->user_id, values->user_len));
+}
+
+/*
+ * An UPDATE of a row: new values for the cache entry (none when only info
+ * or created_at changed), or a new key; and the new value for Redis.
+ */
 static void
 queue_update(TriggerData *trigdata)
 {
@@ -350,24 +476,77 @@ queue_update(TriggerData *trigdata)
 	HeapTuple	new_row = trigdata->tg_newtuple;
 	TokenKey	old_key;
 	TokenKey	new_key;
-	TimestampTz old_used;
-	TimestampTz new_used;
+	CacheValues old_values;
+	CacheValues new_values;
+	bool		rekeyed;
+	bool		used_back;
 	Pending    *p;
 
 	key_of(trigdata, old_row, &old_key);
 	key_of(trigdata, new_row, &new_key);
-	if (memcmp(old_key.bytes, new_key.bytes, sizeof(old_key.bytes)) != 0)
-	{
+	values_of(trigdata, old_row, &old_values);
+	values_of(trigdata, new_row, &new_values);
+	rekeyed = memcmp(old_key.bytes, new_key.bytes, sizeof(old_key.bytes)) != 0;
+	used_back = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN) <
+		timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
+
+	if (cache_enabled() && rekeyed)
 		queue(PENDING_REMOVE)->key = old_key;
-		return;
+	else if (cache_enabled() &&
+			 (used_back || memcmp(&old_values, &new_values, sizeof(old_values)) != 0))
+	{
+		p = queue(PENDING_UPDATE);
+		p->key = new_key;
+		p->values = new_values;
+		p->set_used = used_back;
+		p->last_used = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN);
 	}
-	old_used = timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
-	new_used = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN);
-	p = queue(PENDING_UPDATE);
-	p->key = new_key;
-	values_of(trigdata, new_row, &p->values);
-	p->set_used = new_used < old_used;
-	p->last_used = new_used;
+
+	if (!fanout_wanted())
+		return;
+	if (rekeyed || old_values.user_len != new_values.user_len ||
+		memcmp(old_values.user_id, new_values.user_id, old_values.user_len) != 0)
+		queue_fanout_remove(&old_key, &old_values);
+	queue_fanout_set(trigdata, new_row, &new_key, &new_values);
+}
+
+static void
+queue_insert(TriggerData *trigdata)
+{
+	TokenKey	key;
+	CacheValues values;
+
+	if (!fanout_wanted())
+		return;
+	key_of(trigdata, trigdata->tg_trigtuple, &key);
+	values_of(trigdata, trigdata->tg_trigtuple, &values);
+	queue_fanout_set(trigdata, trigdata->tg_trigtuple, &key, &values);
+}
+
+static void
+queue_delete(TriggerData *trigdata)
+{
+	TokenKey	key;
+	CacheValues values;
+
+	key_of(trigdata, trigdata->tg_trigtuple, &key);
+	if (cache_enabled())
+		queue(PENDING_REMOVE)->key = key;
+	if (!fanout_wanted())
+		return;
+	values_of(trigdata, trigdata->tg_trigtuple, &values);
+	queue_fanout_remove(&key, &values);
+}
+
+/* Empty the database's part of the cache and of Redis (TRUNCATE, DROP). */
+static void
+queue_purge(Oid dbid)
+{
+	if (cache_enabled() || dbid != MyDatabaseId)
+		queue(PENDING_PURGE)->dbid = dbid;
+	if (fanout_wanted())
+		queue_fanout(fanout_msg_purge(dbid == MyDatabaseId ? NULL :
+									  get_database_name(dbid)));
 }
 
 Datum
@@ -380,14 +559,16 @@ token_cache_sync(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("token_cache_sync must be called as a trigger")));
-	if (!cache_enabled())
+	if (!cache_enabled() && !fanout_loaded())
 		return PointerGetDatum(NULL);
 
 	event = trigdata->tg_event;
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
-		queue(PENDING_PURGE);
+		queue_purge(MyDatabaseId);
+	else if (TRIGGER_FIRED_BY_INSERT(event))
+		queue_insert(trigdata);
 	else if (TRIGGER_FIRED_BY_DELETE(event))
-		key_of(trigdata, trigdata->tg_trigtuple, &queue(PENDING_REMOVE)->key);
+		queue_delete(trigdata);
 	else if (TRIGGER_FIRED_BY_UPDATE(event))
 		queue_update(trigdata);
 	return PointerGetDatum(NULL);
@@ -415,10 +596,17 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 
 	if (access == OAT_DROP && classId == DatabaseRelationId)
-		queue(PENDING_PURGE)->dbid = objectId;
+		queue_purge(objectId);
 	else if (access == OAT_DROP && classId == RelationRelationId &&
 			 subId == 0 && is_token_table(objectId))
-		queue(PENDING_PURGE);
+		queue_purge(MyDatabaseId);
+	else if (access == OAT_POST_ALTER && classId == DatabaseRelationId &&
+			 fanout_loaded())
+	{
+		/* a renamed database's keys change name: Redis is written again */
+		register_callbacks();
+		fanout_missed = true;
+	}
 	else if (access == OAT_POST_CREATE && classId == DatabaseRelationId)
 	{
 		/* a copy of a database with tokenstore has it from the start */

@@ -13,5 +13,6 @@ extern bool xact_may_fill(void);
 extern void xact_queue_fill(const TokenKey *key, const CacheValues *values,
 							TimestampTz created_at);
 extern void xact_queue_clean(const CacheDirty *flushed);
+extern void xact_queue_expire(const TokenKey *key, TimestampTz deadline);
 
 #endif

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash test/setup.sh >/dev/null
 
-BIN=/usr/lib/postgresql/15/bin
+. test/bench/server.sh
 RUN_SECONDS=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-4}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -23,9 +23,8 @@ DIR=$(mktemp -d /tmp/tokenstore-bench.XXXXXX)
 chown postgres: "$DIR"
 cp test/bench/*.sql "$DIR/"
 
-as_postgres() { runuser -u postgres -- "$@"; }
 cleanup() {
-	as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+	stop_server
 	rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -38,20 +37,8 @@ if [ "$BIG" = yes ] || { [ "$BIG" = auto ] &&
 	cache_size=11000000
 fi
 
-as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres -A trust >/dev/null
-cat >>"$DIR/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$DIR'
-shared_preload_libraries = 'tokenstore'
-tokenstore.max_cached_tokens = $cache_size
-tokenstore.sweep_interval = '1h'
-shared_buffers = '2GB'
-max_connections = 20
-CONF
-as_postgres "$BIN/pg_ctl" -D "$DIR/data" -w -l "$DIR/server.log" start >/dev/null
+start_server $cache_size
 
-sql() { as_postgres "$BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 # tps of a pgbench script: pgbench SCRIPT N [extra pgbench options]
 tps() {
 	local script=$1 n=$2
@@ -181,3 +168,6 @@ cat <<TABLE
 | p99 of checks, idle | $p99_idle ms | |
 | p99 of checks while the worker sweeps 1M expired tokens${sweep_secs:+ (swept in $sweep_secs s)} | $p99_sweep ms ($(ratio "$p99_sweep" "$p99_idle") of idle) | ≤ 2 × idle |
 TABLE
+
+# 6. the Redis fan-out, on servers of its own: rows continuing the table
+bash test/bench/redis.sh --rows
