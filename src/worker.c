@@ -79,6 +79,7 @@ typedef struct DbSlot
 	TimestampTz last_sweep;
 	int64		rows_flushed;
 	int64		rows_swept;
+	uint32		registrations;	/* CREATE EXTENSIONs seen (see forget_unless) */
 	uint64		synced_epoch;	/* Redis holds its tokens as of this epoch */
 	TimestampTz next_resync;	/* earliest retry of a failed resync */
 } DbSlot;
@@ -203,7 +204,10 @@ worker_register_db(Oid dbid)
 	add_candidate(dbid);
 	slot = find_slot(dbid);
 	if (slot != NULL)
+	{
 		slot->next_run = 0;
+		slot->registrations++;
+	}
 	if (ws->launcher_latch != NULL)
 		SetLatch(ws->launcher_latch);
 	LWLockRelease(ws->lock);
@@ -324,6 +328,36 @@ end_step(void)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static uint32
+registrations(void)
+{
+	DbSlot	   *slot;
+	uint32		n = 0;
+
+	LWLockAcquire(ws->lock, LW_SHARED);
+	slot = find_slot(MyDatabaseId);
+	if (slot != NULL)
+		n = slot->registrations;
+	LWLockRelease(ws->lock);
+	return n;
+}
+
+/*
+ * Forget this database, which had no extension when we looked, unless a
+ * CREATE EXTENSION has committed there since (seen is the count before).
+ */
+static void
+forget_unless_registered(uint32 seen)
+{
+	DbSlot	   *slot;
+
+	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
+	slot = find_slot(MyDatabaseId);
+	if (slot != NULL && slot->registrations == seen)
+		slot->state = SLOT_FREE;
+	LWLockRelease(ws->lock);
 }
 
 static bool
@@ -480,6 +514,7 @@ void
 tokenstore_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
+	uint32		seen;
 	TimestampTz now;
 	int64		flushed = 0;
 	int64		swept = 0;
@@ -493,11 +528,15 @@ tokenstore_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 
+	/*
+	 * No extension: nothing to do here.  Its cache entries went when it was
+	 * dropped (the DROP purges at commit), and purging now could remove
+	 * those of an extension created again since we looked.
+	 */
+	seen = registrations();
 	if (!extension_present())
 	{
-		worker_forget_db(dbid);
-		if (cache_enabled())
-			cache_purge_db(dbid);
+		forget_unless_registered(seen);
 		proc_exit(0);
 	}
 	if (ws->dump_pending)
