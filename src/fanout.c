@@ -21,12 +21,14 @@
  *   current epoch began is stale.
  * - A resynchronisation must not let an older change overwrite what it
  *   writes.  So the worker asks the publisher to hold: the publisher sends
- *   everything queued up to that moment, then reads no further.  Only then
- *   does the worker take its snapshot: a transaction invisible to the
- *   snapshot commits after it and appends after the hold point, so its
- *   changes are sent after the snapshot's, in order.  Changes that the
- *   snapshot already holds and that are queued after the hold point are
- *   sent again, which is harmless.
+ *   everything queued up to that moment, then sends nothing more until the
+ *   worker is done (it keeps reading the queue, into its own memory, so a
+ *   long resynchronisation does not fill the queue).  Only once the
+ *   publisher holds does the worker take its snapshot: a transaction
+ *   invisible to the snapshot commits after it and appends after the hold
+ *   point, so its changes are sent after the snapshot's, in order.  Changes
+ *   that the snapshot already holds and that are queued after the hold point
+ *   are sent again, which is harmless.
  * - The queue is read in whole messages; the publisher copies a batch out
  *   and sends it with no lock held.
  *
@@ -55,8 +57,8 @@
 typedef enum HoldState
 {
 	HOLD_NONE,
-	HOLD_REQUESTED,				/* publisher: send up to hold_at, then stop */
-	HOLD_HELD					/* publisher reads nothing */
+	HOLD_REQUESTED,				/* publisher: send up to hold_at, then hold */
+	HOLD_HELD					/* publisher keeps what it reads, unsent */
 } HoldState;
 
 typedef struct FanoutShared
@@ -376,12 +378,12 @@ fanout_set_conn(FanoutConn conn, const char *server, const char *error)
 }
 
 /*
- * Copy whole messages, at most max bytes, out of the queue; while a worker
- * asks to hold, only those queued before its request, and none once those
- * are sent.
+ * Copy whole messages, at most max bytes, out of the queue.  While a worker
+ * asks to hold, only those queued before its request; once those are sent,
+ * the rest, with *held set: they must wait until the worker is done.
  */
 Size
-fanout_take(char *buf, Size max)
+fanout_take(char *buf, Size max, bool *held)
 {
 	Size		taken = 0;
 	uint64		limit;
@@ -389,8 +391,8 @@ fanout_take(char *buf, Size max)
 	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
 	if (fs->hold == HOLD_REQUESTED && fs->tail >= fs->hold_at)
 		fs->hold = HOLD_HELD;
-	limit = fs->hold == HOLD_NONE ? fs->head :
-		fs->hold == HOLD_REQUESTED ? fs->hold_at : fs->tail;
+	*held = fs->hold == HOLD_HELD;
+	limit = fs->hold == HOLD_REQUESTED ? fs->hold_at : fs->head;
 	while (fs->tail < limit)
 	{
 		uint32		len;

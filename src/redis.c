@@ -55,7 +55,11 @@
 #include "utils/timestamp.h"
 #include "worker.h"
 
-#define PUBLISH_BUFFER		(1024 * 1024)
+#define PUBLISH_BUFFER		(512 * 1024)
+/* changes kept unsent while a resynchronisation holds, at most */
+#define HELD_MAX			(256 * 1024 * 1024)
+/* replies read after this many pipelined commands */
+#define PIPELINE_DEPTH		10000
 #define RESYNC_PAGE			1000
 #define BACKOFF_MIN_MS		100
 #define BACKOFF_MAX_MS		5000
@@ -860,6 +864,8 @@ send_batch(Pipeline *p, const char *buf, Size len)
 
 		send_msg(p, m, now);
 		off += m->len;
+		if (p->pending >= PIPELINE_DEPTH)
+			(void) pipe_wait(p);
 	}
 	return pipe_wait(p);
 }
@@ -874,6 +880,7 @@ typedef struct Publisher
 	TimestampTz next_check;		/* when to ask the sentinels again */
 	char	   *settings;		/* the settings it connected with */
 	char	   *buf;
+	StringInfoData held;		/* taken while a resync holds, unsent */
 	MemoryContext cxt;
 } Publisher;
 
@@ -884,6 +891,7 @@ lost(Publisher *pub, const char *err)
 	if (pub->c != NULL)
 		redisFree(pub->c);
 	pub->c = NULL;
+	resetStringInfo(&pub->held);
 	fanout_set_conn(FANOUT_DOWN, NULL, err);
 	if (strcmp(err, pub->last_logged) == 0)
 		return;
@@ -986,19 +994,57 @@ publisher_idle(Publisher *pub)
 		lost(pub, err);
 }
 
-/* Send a batch; after a small one, let the next gather for a moment. */
-static void
-publisher_send(Publisher *pub, Size len)
+static bool
+publisher_send(Publisher *pub, const char *buf, Size len)
 {
 	Pipeline	p;
 
 	memset(&p, 0, sizeof(p));
 	p.c = pub->c;
-	(void) send_batch(&p, pub->buf, len);
+	(void) send_batch(&p, buf, len);
 	fanout_count_sent(p.sent, p.errors > 0 || p.failed);
 	if (p.failed)
 		lost(pub, p.err);
-	else if (len < PUBLISH_BUFFER / 8)
+	return !p.failed;
+}
+
+/*
+ * Keep what a resynchronisation holds back, in order; too much of it, and
+ * Redis must be written again anyway.
+ */
+static void
+publisher_keep(Publisher *pub, Size len)
+{
+	if (pub->held.len + len > HELD_MAX)
+	{
+		resetStringInfo(&pub->held);
+		fanout_lost();
+	}
+	appendBinaryStringInfo(&pub->held, pub->buf, len);
+}
+
+/*
+ * One round: send what was held back once the hold is over, then the next
+ * batch; after a small one, let the next gather for a moment.
+ */
+static void
+publisher_round(Publisher *pub)
+{
+	bool		held;
+	Size		len = fanout_take(pub->buf, PUBLISH_BUFFER, &held);
+
+	if (held && len > 0)
+		publisher_keep(pub, len);
+	else if (!held && pub->held.len > 0)
+	{
+		if (!publisher_send(pub, pub->held.data, pub->held.len))
+			return;
+		resetStringInfo(&pub->held);
+	}
+	if (len == 0)
+		publisher_idle(pub);
+	else if (!held && publisher_send(pub, pub->buf, len) &&
+			 len < PUBLISH_BUFFER / 8)
 		(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, GATHER_MS,
 						 PG_WAIT_EXTENSION);
 }
@@ -1018,14 +1064,13 @@ tokenstore_publisher_main(Datum arg)
 	pub.backoff = BACKOFF_MIN_MS;
 	pub.settings = settings_text();
 	pub.buf = MemoryContextAlloc(TopMemoryContext, PUBLISH_BUFFER);
+	initStringInfo(&pub.held);
 	pub.cxt = AllocSetContextCreate(TopMemoryContext, "tokenstore publisher",
 									ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(pub.cxt);
 
 	while (!ShutdownRequestPending)
 	{
-		Size		len;
-
 		MemoryContextReset(pub.cxt);
 		if (ConfigReloadPending)
 		{
@@ -1042,11 +1087,7 @@ tokenstore_publisher_main(Datum arg)
 		if ((pub.c == NULL && !publisher_connect(&pub)) ||
 			!publisher_master_ok(&pub))
 			continue;
-		len = fanout_take(pub.buf, PUBLISH_BUFFER);
-		if (len == 0)
-			publisher_idle(&pub);
-		else
-			publisher_send(&pub, len);
+		publisher_round(&pub);
 	}
 	if (pub.c != NULL)
 		redisFree(pub.c);

@@ -143,17 +143,23 @@ sub scan
 sub contents
 {
 	my ($self) = @_;
-	my %all;
 
-	foreach my $key ($self->scan('*'))
-	{
-		my $type = $self->cli('TYPE', $key);
-		$all{$key} =
-			$type eq 'string' ? $self->cli('GET', $key)
-		  : $type eq 'set' ? [ sort split /\n/, $self->cli('SMEMBERS', $key) ]
-		  : "<$type>";
-	}
-	return \%all;
+	# one round trip, however many keys: a script reads them all
+	my $script = q{
+		local all = {}
+		for _, k in ipairs(redis.call('KEYS', '*')) do
+			local t = redis.call('TYPE', k)['ok']
+			if t == 'string' then all[k] = redis.call('GET', k)
+			elseif t == 'set' then
+				local m = redis.call('SMEMBERS', k)
+				table.sort(m)
+				all[k] = m
+			else all[k] = '<' .. t .. '>' end
+		end
+		return cjson.encode(all)
+	};
+	my $json = $self->cli('EVAL', $script, '0');
+	return $json eq '{}' ? {} : JSON::PP->new->decode($json);
 }
 
 # json(KEY): the JSON value of KEY decoded (undef if none or not JSON).
@@ -295,29 +301,25 @@ sub mismatch
 		push @{ $sets{"${ns}user:$user"} }, "${ns}token:$hash";
 	}
 
-	my @keys = $redis->scan("$ns*");
+	my $all = $redis->contents;
+	my @keys = sort grep { /^\Q$ns\E/ } keys %$all;
 	my @tokens = grep { /^\Q$ns\Etoken:/ } @keys;
 	my @users = grep { /^\Q$ns\Euser:/ } @keys;
-	my %have = map { $_ => 1 } @tokens;
 	my @stray = grep { !/^\Q$ns\E(token|user):/ } @keys;
 
-	push @diff, map { "missing $_" } grep { !$have{$_} } sort keys %want;
+	push @diff, map { "missing $_" } grep { !exists $all->{$_} } sort keys %want;
 	push @diff, map { "revoked or stray $_" } grep { !exists $want{$_} } @tokens;
 	push @diff, map { "unknown key $_" } @stray;
-	if (@tokens && !@diff)
+	foreach my $token (grep { exists $want{$_} } @tokens)
 	{
-		my @values = split /\n/, $redis->cli('MGET', @tokens);
-		for my $i (0 .. $#tokens)
-		{
-			my $value = eval { JSON::PP::decode_json($values[$i] // '') };
-			my $user = ref $value eq 'HASH' ? $value->{user_id} // '' : '';
-			push @diff, "$tokens[$i] has user '$user', not '$want{$tokens[$i]}'"
-			  if $user ne $want{ $tokens[$i] };
-		}
+		my $value = eval { JSON::PP::decode_json($all->{$token}) };
+		my $user = ref $value eq 'HASH' ? $value->{user_id} // '' : '';
+		push @diff, "$token has user '$user', not '$want{$token}'"
+		  if $user ne $want{$token};
 	}
 	foreach my $set (sort(keys %sets), grep { !$sets{$_} } @users)
 	{
-		my $have = join(' ', sort split /\n/, $redis->cli('SMEMBERS', $set));
+		my $have = join(' ', @{ ref $all->{$set} ? $all->{$set} : [] });
 		my $want = join(' ', sort @{ $sets{$set} // [] });
 		push @diff, "set $set is {$have}, not {$want}" if $have ne $want;
 	}

@@ -179,6 +179,24 @@ TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) 
 	'and Redis holds exactly the live tokens', 60);
 TokenstoreTest::wait_for($node, $db, sprintf($redis_stats, 'queued'), '0',
 	'nothing stays queued');
+
+# A resynchronisation while tokens are made: what commits meanwhile waits in
+# the publisher's own memory, not in the queue, so even this small queue does
+# not overflow however long the resync takes.
+$node->safe_psql($db,
+	"SELECT count(tokenstore.token_make('bulk' || i)) FROM generate_series(1, 5000) i");
+TokenstoreTest::wait_for($node, $db, sprintf($redis_stats, 'state'), 'up',
+	'a transaction larger than the queue: a resync, then up');
+my $overflows = $node->safe_psql($db, sprintf($redis_stats, 'overflows'));
+$resyncs = $node->safe_psql($db, sprintf($redis_stats, 'resyncs'));
+$redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');
+churn($node, 2000, 10, 1000);
+TokenstoreTest::wait_for($node, $db, sprintf($redis_stats, "resyncs > $resyncs AND state = 'up'"),
+	't', 'the connection dropped: a resync, while tokens are made');
+is($node->safe_psql($db, sprintf($redis_stats, 'overflows')), $overflows,
+	'the queue did not overflow meanwhile');
+TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) }, '',
+	'and Redis holds exactly the live tokens', 60);
 $node->stop;
 $redis->stop;
 
