@@ -8,11 +8,10 @@ cd "$(dirname "$0")/.."
 
 bash test/setup.sh
 
-BIN=/usr/lib/postgresql/15/bin
+. test/server.sh
 DIR=${TOKENSTORE_DEMO_DIR:-/var/tmp/tokenstore-demo}
 PORT=${TOKENSTORE_DEMO_PORT:-54329}
 REDIS_PORT=${TOKENSTORE_DEMO_REDIS_PORT:-54330}
-as_postgres() { runuser -u postgres -- "$@"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # The Redis of the demo: started once, and kept, like the server.
@@ -34,13 +33,7 @@ fi
 if [ ! -f "$DIR/data/PG_VERSION" ]; then
 	mkdir -p "$DIR"
 	chown postgres: "$DIR"
-	as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres -A trust >/dev/null
-	cat >>"$DIR/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$DIR'
-shared_preload_libraries = 'tokenstore'
-CONF
+	new_cluster
 fi
 grep -q '^tokenstore.redis_url' "$DIR/data/postgresql.conf" ||
 	echo "tokenstore.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'" >>"$DIR/data/postgresql.conf"

@@ -34,7 +34,7 @@ esac
 # run.sh has done the set-up already
 ((rows_only)) || bash test/setup.sh >/dev/null
 
-. test/bench/server.sh
+. test/server.sh
 RUN_SECONDS=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-4}
 ROUNDS=${BENCH_ROUNDS:-3}

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash test/setup.sh >/dev/null
 
-. test/bench/server.sh
+. test/server.sh
 RUN_SECONDS=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-4}
 ROUNDS=${BENCH_ROUNDS:-3}

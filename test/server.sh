@@ -1,18 +1,25 @@
-# Sourced by the benchmarks: a throwaway PostgreSQL server with tokenstore
-# preloaded, in $DIR on port $PORT, run as the postgres OS user.
+# Sourced by the demo and the benchmarks: a PostgreSQL server with
+# tokenstore preloaded, in $DIR on port $PORT, run as the postgres OS user.
 BIN=/usr/lib/postgresql/15/bin
 
 as_postgres() { runuser -u postgres -- "$@"; }
 sql() { as_postgres "$BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 
-# start_server CACHE_SIZE: a new cluster in $DIR/data, started
-start_server() {
+# new_cluster: initdb in $DIR/data, on $PORT, reached by its socket in $DIR
+new_cluster() {
 	as_postgres "$BIN/initdb" -D "$DIR/data" -U postgres -A trust >/dev/null
 	cat >>"$DIR/data/postgresql.conf" <<CONF
 port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DIR'
 shared_preload_libraries = 'tokenstore'
+CONF
+}
+
+# start_server CACHE_SIZE: a new cluster with the benchmarks' settings, started
+start_server() {
+	new_cluster
+	cat >>"$DIR/data/postgresql.conf" <<CONF
 tokenstore.max_cached_tokens = $1
 tokenstore.sweep_interval = '1h'
 shared_buffers = '2GB'
