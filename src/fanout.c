@@ -24,9 +24,10 @@
  *   everything queued up to that moment, then sends nothing more until the
  *   worker is done (it keeps reading the queue, into its own memory, so a
  *   long resynchronisation does not fill the queue).  Only once the
- *   publisher holds does the worker take its snapshot: a transaction
- *   invisible to the snapshot commits after it and appends after the hold
- *   point, so its changes are sent after the snapshot's, in order.  Changes
+ *   publisher holds does the worker read the table (a page at a time, each
+ *   on the latest snapshot): a transaction invisible to such a snapshot
+ *   commits after it and appends after the hold point, so its changes are
+ *   sent after what the worker wrote, in order.  Changes
  *   that the snapshot already holds and that are queued after the hold point
  *   are sent again, which is harmless.
  * - The queue is read in whole messages; the publisher copies a batch out
