@@ -381,8 +381,8 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000 &&
 		store_touch(&row->key, now) && row->idle_us > 0)
 		xact_queue_expire(&row->key,
-						  Min(row->has_expires ? row->expires_at : DT_NOEND,
-							  now + row->idle_us));
+						  idle_deadline(row->has_expires ? row->expires_at : DT_NOEND,
+										row->idle_us, now));
 }
 
 /*

@@ -520,7 +520,7 @@ cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 		out[n].observed = used;
 		out[n].last_used = used_time(used);
 		out[n].deadline = e->idle_us == 0 ? 0 :
-			Min(e->expires_at, out[n].last_used + e->idle_us);
+			idle_deadline(e->expires_at, e->idle_us, out[n].last_used);
 		if (++n == max)
 		{
 			hash_seq_term(&status);

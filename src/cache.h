@@ -25,6 +25,16 @@ typedef enum CacheResult
 	CACHE_DEAD
 } CacheResult;
 
+/*
+ * A token's deadline after a use at `used` moved its idle one: the earlier of
+ * expires_at (DT_NOEND: none) and used + idle_us.
+ */
+static inline TimestampTz
+idle_deadline(TimestampTz expires_at, int64 idle_us, TimestampTz used)
+{
+	return Min(expires_at, used + idle_us);
+}
+
 /* A dirty last use, collected for a flush. */
 typedef struct CacheDirty
 {

@@ -66,7 +66,6 @@ typedef struct FanoutShared
 {
 	LWLock	   *lock;
 	Latch	   *publisher;		/* NULL while no publisher runs */
-	bool		active;			/* configured: commits queue their changes */
 	uint64		head;			/* next byte to write */
 	uint64		tail;			/* next byte to read */
 	HoldState	hold;
@@ -123,7 +122,7 @@ fanout_loaded(void)
 bool
 fanout_active(void)
 {
-	return fs != NULL && fs->active;
+	return fs != NULL && fs->stats.conn == FANOUT_UP;
 }
 
 /* ---- building messages (in the transaction: may allocate, may fail) ---- */
@@ -283,8 +282,8 @@ ring_read(uint64 pos, void *dst, Size len)
 
 /*
  * Take the lock for appending total bytes.  False (and the lock not held)
- * when the mirror is off or they do not fit: then Redis has lost them, and
- * the epoch moves on.
+ * when the publisher is not connected (its next connection starts a new
+ * epoch) or they do not fit (Redis has lost them: the epoch moves on now).
  */
 bool
 fanout_append_begin(Size total)
@@ -292,10 +291,14 @@ fanout_append_begin(Size total)
 	if (!fanout_active())
 		return false;
 	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
-	if (total <= fs->size - (fs->head - fs->tail) && fs->active)
+	if (fs->stats.conn != FANOUT_UP)
+	{
+		LWLockRelease(fs->lock);
+		return false;
+	}
+	if (total <= fs->size - (fs->head - fs->tail))
 		return true;
-	if (fs->active)
-		fs->stats.overflows++;
+	fs->stats.overflows++;
 	LWLockRelease(fs->lock);
 	fanout_lost();
 	return false;
@@ -361,8 +364,7 @@ fanout_set_conn(FanoutConn conn, const char *server, const char *error)
 
 	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
 	new_epoch = conn == FANOUT_UP && fs->stats.conn != FANOUT_UP;
-	fs->active = conn == FANOUT_UP;
-	if (!fs->active)
+	if (conn != FANOUT_UP)
 	{
 		fs->tail = fs->head;
 		fs->stats.queued = 0;
@@ -408,12 +410,6 @@ fanout_take(char *buf, Size max, bool *held)
 	}
 	LWLockRelease(fs->lock);
 	return taken;
-}
-
-bool
-fanout_holding(void)
-{
-	return fs->hold != HOLD_NONE;
 }
 
 void

@@ -92,7 +92,6 @@ extern void fanout_publisher_attach(Latch *latch);
 extern void fanout_set_conn(FanoutConn conn, const char *server,
 							const char *error);
 extern Size fanout_take(char *buf, Size max, bool *held);
-extern bool fanout_holding(void);
 extern void fanout_count_sent(int64 commands, bool error);
 
 /* the workers' resynchronisation */

@@ -311,7 +311,7 @@ describe(const RedisTarget *t, char *out, size_t size)
 static redisReply *
 command(redisContext *c, char *err, int argc, const char **argv)
 {
-	size_t		lens[4];
+	size_t		lens[6];
 	redisReply *reply;
 	int			i;
 
@@ -765,25 +765,24 @@ scan_delete(Pipeline *p, const char *match, KeepFunc keep)
 	do
 	{
 		const char *argv[] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
-		size_t		lens[6];
 		redisReply *reply;
 		redisReply *keys;
 		bool	   *drop;
 		int			i;
 
-		for (i = 0; i < 6; i++)
-			lens[i] = strlen(argv[i]);
 		if (!pipe_wait(p))
 			return false;
-		reply = redisCommandArgv(p->c, 6, argv, lens);
-		if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)
+		reply = command(p->c, p->err, 6, argv);
+		if (reply != NULL &&
+			(reply->type != REDIS_REPLY_ARRAY || reply->elements != 2))
+		{
+			snprintf(p->err, ERRLEN, "SCAN failed: bad reply");
+			freeReplyObject(reply);
+			reply = NULL;
+		}
+		if (reply == NULL)
 		{
 			p->failed = true;
-			snprintf(p->err, ERRLEN, "SCAN failed: %s",
-					 reply == NULL ? p->c->errstr :
-					 reply->type == REDIS_REPLY_ERROR ? reply->str : "bad reply");
-			if (reply)
-				freeReplyObject(reply);
 			return false;
 		}
 		p->sent++;

@@ -407,10 +407,11 @@ store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row)
 
 /*
  * Record a use at `now`; true if it was written.  Skipped in read-only
- * transactions (and on a standby).  Under REPEATABLE READ and SERIALIZABLE another session's touch
- * committing between our snapshot and our lock would be a serialization
- * failure; losing that race only means someone else recorded the use, so the
- * touch runs in a subtransaction and such a failure is swallowed.
+ * transactions (and on a standby).  Under REPEATABLE READ and SERIALIZABLE
+ * another session's touch committing between our snapshot and our lock
+ * would be a serialization failure; losing that race only means someone
+ * else recorded the use, so the touch runs in a subtransaction and such a
+ * failure is swallowed.
  */
 bool
 store_touch(const TokenKey *key, TimestampTz now)

@@ -337,6 +337,14 @@ xact_queue_fill(const TokenKey *key, const CacheValues *values,
 	p->generation = cache_generation(key);
 }
 
+/* Redis misses a change of this transaction: say so at commit. */
+static void
+note_missed(void)
+{
+	register_callbacks();
+	fanout_missed = true;
+}
+
 /*
  * Whether the transaction's changes should go to Redis; when not, remember
  * that one went unsent (in case the mirror is on by commit time).
@@ -347,10 +355,7 @@ fanout_wanted(void)
 	if (fanout_active())
 		return true;
 	if (fanout_loaded())
-	{
-		register_callbacks();
-		fanout_missed = true;
-	}
+		note_missed();
 	return false;
 }
 
@@ -442,7 +447,7 @@ row_deadline(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
 	used = timestamp_of(trigdata, tuple, "last_used_at", DT_NOBEGIN);
 	if (cache_enabled())
 		used = Max(used, cache_last_used(key));
-	return Min(values->expires_at, used + values->idle_us);
+	return idle_deadline(values->expires_at, values->idle_us, used);
 }
 
 static void
@@ -478,6 +483,7 @@ queue_update(TriggerData *trigdata)
 	TokenKey	new_key;
 	CacheValues old_values;
 	CacheValues new_values;
+	TimestampTz new_used = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN);
 	bool		rekeyed;
 	bool		used_back;
 	Pending    *p;
@@ -487,8 +493,7 @@ queue_update(TriggerData *trigdata)
 	values_of(trigdata, old_row, &old_values);
 	values_of(trigdata, new_row, &new_values);
 	rekeyed = memcmp(old_key.bytes, new_key.bytes, sizeof(old_key.bytes)) != 0;
-	used_back = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN) <
-		timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
+	used_back = new_used < timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
 
 	if (cache_enabled() && rekeyed)
 		queue(PENDING_REMOVE)->key = old_key;
@@ -499,7 +504,7 @@ queue_update(TriggerData *trigdata)
 		p->key = new_key;
 		p->values = new_values;
 		p->set_used = used_back;
-		p->last_used = timestamp_of(trigdata, new_row, "last_used_at", DT_NOBEGIN);
+		p->last_used = new_used;
 	}
 
 	if (!fanout_wanted())
@@ -604,8 +609,7 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId,
 			 fanout_loaded())
 	{
 		/* a renamed database's keys change name: Redis is written again */
-		register_callbacks();
-		fanout_missed = true;
+		note_missed();
 	}
 	else if (access == OAT_POST_CREATE && classId == DatabaseRelationId)
 	{
