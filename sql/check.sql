@@ -45,12 +45,19 @@ CREATE POLICY own_notes ON notes
 	USING (owner = (SELECT tokenstore.token_user(current_setting('app.token', true))::bigint));
 CREATE ROLE tokenstore_rls_app;
 GRANT SELECT ON notes TO tokenstore_rls_app;
+GRANT USAGE ON SCHEMA tokenstore TO tokenstore_rls_app;
+GRANT EXECUTE ON FUNCTION tokenstore.token_user(text) TO tokenstore_rls_app;
 SET ROLE tokenstore_rls_app;
 SELECT body FROM notes;
-SELECT set_config('app.token', :'t42', false) IS NOT NULL AS token_set;
+-- per request, transaction-local: a pooled connection forgets it at commit
+BEGIN;
+SELECT set_config('app.token', :'t42', true) IS NOT NULL AS token_set;
+SELECT body FROM notes;
+COMMIT;
 SELECT body FROM notes;
 RESET ROLE;
 
 DROP TABLE notes, users;
+DROP OWNED BY tokenstore_rls_app;
 DROP ROLE tokenstore_rls_app;
 SELECT tokenstore.token_delete_user(u) FROM unnest(ARRAY['alice', '42']) u;

@@ -37,6 +37,24 @@ SELECT tokenstore.token_make('err', mode => 'share', token => 'a-shared-token-gi
 -- token ids
 SELECT tokenstore.token_delete_id('xyz');
 SELECT tokenstore.token_delete_id(repeat('g', 32));
+-- errors never repeat a huge argument, nor a token passed for an id
+SELECT tokenstore.token_delete_id(repeat('x', 1000000));
+SELECT tokenstore.token_delete_id(tokenstore.token_make('err-echo'));
+SELECT tokenstore.token_make('err', mode => repeat('m', 1000000));
+SELECT tokenstore.token_delete_user('err-echo');
+-- deadlines past the year 9999, or beyond what a timestamp holds: refused
+-- (a stored one would break every later deadline computation)
+SELECT sqlstate_of($$SELECT tokenstore.token_make('err', idle_timeout => '294276-12-31 23:59:58+00'::timestamptz - now())$$) AS idle_to_the_end_of_time;
+SELECT tokenstore.token_make('err', idle_timeout => '72000001 hours');
+SELECT tokenstore.token_make('err', ttl => '8000 years');
+SELECT tokenstore.token_make('err', ttl => '178000000 years');
+SELECT tokenstore.token_make('err', ttl => '-178000000 years');
+SELECT tokenstore.token_make('err', ttl => '2147483647 days 2147483647 months');
+SELECT tokenstore.token_make('err', ttl => '1 year -400 days');
+SELECT tokenstore.token_refresh('whatever-token-1', '9000 years');
+SELECT tokenstore.token_rotate('whatever-token-1', grace => '106742155 days');
+SELECT tokenstore.token_rotate('whatever-token-1', grace => '106751000 days');
+SELECT tokenstore.token_rotate('whatever-token-1', grace => '2147483647 months');
 
 -- the codes, pinned
 SELECT stmt, sqlstate_of(stmt) FROM (VALUES
@@ -51,7 +69,10 @@ SELECT stmt, sqlstate_of(stmt) FROM (VALUES
 	('SELECT tokenstore.token_make(''err'', token => ''short'')'),
 	('SELECT tokenstore.token_make(''dup'', token => ''duplicate-token-1'')'),
 	('SELECT tokenstore.token_make(''dup'', token => ''duplicate-token-1'')'),
-	('SELECT tokenstore.token_delete_id(''xyz'')')
+	('SELECT tokenstore.token_delete_id(''xyz'')'),
+	('SELECT tokenstore.token_make(''err'', ttl => ''8000 years'')'),
+	('SELECT tokenstore.token_make(''err'', idle_timeout => ''72000001 hours'')'),
+	('SELECT tokenstore.token_rotate(''whatever-token-1'', grace => ''106751000 days'')')
 ) AS s(stmt);
 
 -- nothing was made for the failed calls

@@ -84,5 +84,36 @@ SELECT tokenstore.token_sweep() AS swept;
 SELECT count(*) AS rows_after FROM tokenstore.token WHERE user_id = 'exp';
 SELECT tokenstore.token_sweep() AS swept_again;
 
+-- the longest deadlines allowed work with every function (no arithmetic
+-- on them overflows); an edit beyond the bounds is refused by the table
+SELECT tokenstore.token_make('exp-far', idle_timeout => '72000000 hours',
+							 ttl => '9999-12-31 00:00:00+00'::timestamptz - now()) AS far \gset
+SELECT tokenstore.token_user(:'far') AS far_user;
+SELECT count(*) AS far_listed FROM tokenstore.token_list('exp-far');
+SELECT tokenstore.token_rotate(:'far', grace => '1 hour') IS NOT NULL AS far_rotated;
+SELECT tokenstore.token_refresh(tokenstore.token_make('exp-far', idle_timeout => '72000000 hours'),
+								'9999-12-30 00:00:00+00'::timestamptz - now()) AS far_refreshed;
+SELECT tokenstore.token_make('exp-far', mode => 'single', max_tokens => 1) IS NOT NULL AS far_single;
+SELECT count(*) AS far_left FROM tokenstore.token_list('exp-far');
+SELECT sqlstate_of($$UPDATE tokenstore.token SET expires_at = 'infinity' WHERE user_id = 'exp-far'$$) AS edit_infinity,
+	   sqlstate_of($$UPDATE tokenstore.token SET last_used_at = '20000-01-01' WHERE user_id = 'exp-far'$$) AS edit_far_use,
+	   sqlstate_of($$UPDATE tokenstore.token SET idle_timeout = '100000000 hours' WHERE user_id = 'exp-far'$$) AS edit_long_idle;
+SELECT tokenstore.token_delete_user('exp-far') AS far_deleted;
+
+-- times before 2000 (the cache packs them too): an idle token whose last
+-- use an operator moves back is dead at once, cached or not, and swept
+SELECT tokenstore.token_make('exp-old', idle_timeout => '1 hour') AS old1 \gset
+SELECT tokenstore.token_make('exp-old', idle_timeout => '1 hour') AS old2 \gset
+SELECT tokenstore.token_user(:'old1') AS cached1, tokenstore.token_user(:'old2') AS cached2;
+UPDATE tokenstore.token SET last_used_at = '1999-12-31 23:00:00+00'
+ WHERE token_hash = sha256(convert_to(:'old1', 'UTF8'));
+UPDATE tokenstore.token SET last_used_at = '4713-11-25 00:00:00+00 BC'
+ WHERE token_hash = sha256(convert_to(:'old2', 'UTF8'));
+SELECT tokenstore.token_user(:'old1') AS dead1, tokenstore.token_user(:'old2') AS dead2;
+SELECT tokenstore.token_flush() >= 0 AS flushed;
+SELECT count(*) AS old_rows_before FROM tokenstore.token WHERE user_id = 'exp-old';
+SELECT tokenstore.token_sweep() >= 2 AS swept_old;
+SELECT count(*) AS old_rows_after FROM tokenstore.token WHERE user_id = 'exp-old';
+
 SELECT tokenstore.token_delete_user('exp');
 RESET tokenstore.touch_interval;

@@ -69,11 +69,15 @@ SELECT tokenstore.token_make('team', mode => 'share') NOT IN (:'sh1', :'sh2') AS
 SELECT tokenstore.token_make('team', mode => 'share') AS sh3 \gset
 SELECT tokenstore.token_make('team', mode => 'single') IS NOT NULL AS single_login;
 SELECT tokenstore.token_user(:'sh3') IS NULL AS shared_revoked;
--- a sealed copy that no longer matches the key is reported, not served
+-- a sealed copy that this server's key cannot open (a dump restored on
+-- another server, or an edit) is never served: the login gets a new shared
+-- token, the old one still works for whoever holds it
 SELECT tokenstore.token_make('team2', mode => 'share') AS sh4 \gset
 UPDATE tokenstore.token SET share_secret = '\x00'::bytea || share_secret
  WHERE token_hash = sha256(convert_to(:'sh4', 'UTF8'));
-SELECT tokenstore.token_make('team2', mode => 'share');
+SELECT tokenstore.token_make('team2', mode => 'share') AS sh5 \gset
+SELECT :'sh5' <> :'sh4' AS new_shared_token, tokenstore.token_user(:'sh4') AS old_still_works;
+SELECT tokenstore.token_make('team2', mode => 'share') = :'sh5' AS new_one_is_shared;
 
 SELECT tokenstore.token_delete_user(u)
   FROM unnest(ARRAY['multi', 'lim', 'lim2', 'solo', 'team', 'team2']) u;

@@ -1,8 +1,49 @@
--- An ordinary role may call every function but not touch the table; a
--- hostile search_path changes nothing.
+-- Least privilege: nothing in the extension is usable by PUBLIC.  A role
+-- without grants gets SQLSTATE 42501 from every function and view and learns
+-- nothing; the README's two grants give an application exactly the API; a
+-- checker gets token_user and token_check alone; pg_monitor reads the views.
+-- A hostile search_path, pg_temp objects and look-alike operators change
+-- nothing.
+CREATE ROLE tokenstore_nobody;
 CREATE ROLE tokenstore_app;
-SET ROLE tokenstore_app;
+CREATE ROLE tokenstore_checker;
+CREATE ROLE tokenstore_watcher IN ROLE pg_monitor;
+GRANT USAGE ON SCHEMA tokenstore TO tokenstore_app;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO tokenstore_app;
+GRANT USAGE ON SCHEMA tokenstore TO tokenstore_checker;
+GRANT EXECUTE ON FUNCTION tokenstore.token_user(text), tokenstore.token_check(text)
+	TO tokenstore_checker;
 
+SELECT tokenstore.token_make('admin') AS admin \gset
+
+-- no grants: every function, view and table is refused, with 42501
+SET ROLE tokenstore_nobody;
+SELECT what, sqlstate_of(stmt) FROM (VALUES
+	('make a token for admin', 'SELECT tokenstore.token_make(''admin'', token => ''made-up-admin-token'')'),
+	('token_user', 'SELECT tokenstore.token_user(''' || :'admin' || ''')'),
+	('token_check', 'SELECT * FROM tokenstore.token_check(''' || :'admin' || ''')'),
+	('token_list', 'SELECT * FROM tokenstore.token_list(''admin'')'),
+	('token_refresh', 'SELECT tokenstore.token_refresh(''' || :'admin' || ''')'),
+	('token_set_info', 'SELECT tokenstore.token_set_info(''' || :'admin' || ''', ''{}'')'),
+	('token_delete', 'SELECT tokenstore.token_delete(''' || :'admin' || ''')'),
+	('token_delete_id', 'SELECT tokenstore.token_delete_id(''00000000000000000000000000000000'')'),
+	('token_delete_user', 'SELECT tokenstore.token_delete_user(''admin'')'),
+	('token_rotate', 'SELECT tokenstore.token_rotate(''' || :'admin' || ''')'),
+	('token_sweep', 'SELECT tokenstore.token_sweep()'),
+	('token_flush', 'SELECT tokenstore.token_flush()'),
+	('view stats', 'SELECT * FROM tokenstore.stats'),
+	('view redis_stats', 'SELECT * FROM tokenstore.redis_stats'),
+	('table token', 'SELECT * FROM tokenstore.token'),
+	('helper last_used', 'SELECT tokenstore_internal.last_used(''\x00'', now())'),
+	('helper token_stats', 'SELECT * FROM tokenstore_internal.token_stats()'),
+	('a look-alike in the schema', 'CREATE FUNCTION tokenstore.token_user(int) RETURNS text LANGUAGE sql AS ''SELECT 1::text''')
+) AS s(what, stmt);
+RESET ROLE;
+SELECT tokenstore.token_user(:'admin') AS admin_untouched,
+	   (SELECT count(*) FROM tokenstore.token WHERE user_id = 'admin') AS admin_tokens;
+
+-- the application's grants: the whole API ...
+SET ROLE tokenstore_app;
 SELECT tokenstore.token_make('app-user', '{"k": "v"}') AS t \gset
 SELECT tokenstore.token_user(:'t') AS user_id;
 SELECT user_id, info FROM tokenstore.token_check(:'t');
@@ -15,20 +56,50 @@ SELECT tokenstore.token_make('app-user', mode => 'share') IS NOT NULL AS shared;
 SELECT tokenstore.token_delete(tokenstore.token_make('app-user', mode => 'single')) AS deleted;
 SELECT tokenstore.token_delete_user('app-user') AS none_left;
 SELECT tokenstore.token_sweep() >= 0 AS swept;
-
-SELECT * FROM tokenstore.token;
-SELECT * FROM tokenstore.secret;
-UPDATE tokenstore.token SET user_id = 'mallory';
-DELETE FROM tokenstore.token;
-INSERT INTO tokenstore.token (token_hash, user_id, created_at, last_used_at)
-	VALUES (sha256('x'), 'mallory', now(), now());
+SELECT tokenstore.token_flush() >= 0 AS flushed;
+-- ... and nothing else: not the table, not the helpers, not the views
+SELECT stmt, sqlstate_of(stmt) FROM (VALUES
+	('SELECT * FROM tokenstore.token'),
+	('UPDATE tokenstore.token SET user_id = ''mallory'''),
+	('DELETE FROM tokenstore.token'),
+	('INSERT INTO tokenstore.token (token_hash, user_id, created_at, last_used_at) VALUES (sha256(''x''), ''mallory'', now(), now())'),
+	('SELECT tokenstore_internal.last_used(''\x00'', now())'),
+	('SELECT * FROM tokenstore_internal.token_stats()'),
+	('SELECT * FROM tokenstore.stats'),
+	('CREATE TABLE tokenstore.mine (i int)')
+) AS s(stmt);
 RESET ROLE;
 
--- every function is SECURITY DEFINER, none is callable by nobody
-SELECT p.proname, p.prosecdef, has_function_privilege('tokenstore_app', p.oid, 'EXECUTE') AS app_may_call
-  FROM pg_proc p WHERE p.pronamespace = 'tokenstore'::regnamespace ORDER BY 1;
+-- a checker may check, never list, make or revoke
+SET ROLE tokenstore_checker;
+SELECT tokenstore.token_user(:'admin') AS checked,
+	   (SELECT user_id FROM tokenstore.token_check(:'admin')) AS checked_row;
+SELECT what, sqlstate_of(stmt) FROM (VALUES
+	('token_list', 'SELECT * FROM tokenstore.token_list(''admin'')'),
+	('token_delete', 'SELECT tokenstore.token_delete(''' || :'admin' || ''')'),
+	('token_delete_user', 'SELECT tokenstore.token_delete_user(''admin'')'),
+	('token_make', 'SELECT tokenstore.token_make(''admin'')'),
+	('token_rotate', 'SELECT tokenstore.token_rotate(''' || :'admin' || ''')')
+) AS s(what, stmt);
+RESET ROLE;
 
--- a hostile search_path: look-alike functions, operators and tables first
+-- monitoring roles read the views
+SET ROLE tokenstore_watcher;
+SELECT count(*) > 0 AS stats_rows FROM tokenstore.stats;
+SELECT state IS NOT NULL AS redis_state FROM tokenstore.redis_stats;
+SELECT sqlstate_of('SELECT tokenstore.token_user(''x'')') AS watcher_checks;
+RESET ROLE;
+
+-- the API is SECURITY DEFINER; the helpers are not, and nobody else may call them
+SELECT n.nspname, p.proname, p.prosecdef,
+	   has_function_privilege('tokenstore_app', p.oid, 'EXECUTE') AS app,
+	   has_function_privilege('tokenstore_checker', p.oid, 'EXECUTE') AS checker,
+	   has_function_privilege('tokenstore_nobody', p.oid, 'EXECUTE') AS nobody
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname IN ('tokenstore', 'tokenstore_internal') ORDER BY 1, 2;
+
+-- a hostile search_path: look-alike functions, operators and tables first,
+-- and objects in pg_temp
 CREATE SCHEMA evil;
 CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '1999-01-01'::timestamptz $$;
 CREATE FUNCTION evil.least(timestamptz, timestamptz) RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'infinity'::timestamptz $$;
@@ -36,6 +107,8 @@ CREATE FUNCTION evil.always(bytea, bytea) RETURNS boolean LANGUAGE sql AS $$ SEL
 CREATE OPERATOR evil.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = evil.always);
 CREATE FUNCTION evil.after(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$;
 CREATE OPERATOR evil.> (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.after);
+CREATE FUNCTION evil.last_used(bytea, timestamptz) RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'infinity'::timestamptz $$;
+CREATE FUNCTION evil.unnest(anyarray) RETURNS SETOF anyelement LANGUAGE sql AS $$ SELECT NULL $$;
 CREATE TABLE evil.token (token_hash bytea, user_id text);
 GRANT USAGE ON SCHEMA evil TO tokenstore_app;
 SELECT tokenstore.token_make('victim', ttl => '1 hour') AS v \gset
@@ -43,14 +116,19 @@ UPDATE tokenstore.token SET expires_at = now() - interval '1 s'
  WHERE token_hash = sha256(convert_to(:'v', 'UTF8'));
 SELECT tokenstore.token_make('victim') AS live \gset
 SET ROLE tokenstore_app;
-SET search_path = evil, pg_catalog, public;
+CREATE TEMP TABLE token (token_hash bytea, user_id text);
+INSERT INTO pg_temp.token VALUES (sha256('an-unknown-token-123'), 'mallory');
+SET search_path = pg_temp, evil, pg_catalog, public;
 SELECT tokenstore.token_user('an-unknown-token-123') AS unknown_stays_unknown;
 SELECT tokenstore.token_user(:'v') AS expired_stays_expired;
 SELECT tokenstore.token_user(:'live') AS live_still_works;
 SELECT count(*) AS listed FROM tokenstore.token_list('victim');
+SELECT tokenstore.token_flush() >= 0 AS flush_still_works;
 RESET search_path;
+DROP TABLE pg_temp.token;
 RESET ROLE;
 SELECT tokenstore.token_delete_user('victim');
+SELECT tokenstore.token_delete_user('admin');
 DROP SCHEMA evil CASCADE;
-DROP OWNED BY tokenstore_app;
-DROP ROLE tokenstore_app;
+DROP OWNED BY tokenstore_app, tokenstore_checker;
+DROP ROLE tokenstore_nobody, tokenstore_app, tokenstore_checker, tokenstore_watcher;

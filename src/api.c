@@ -12,25 +12,35 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "cache.h"
+#include "commands/dbcommands.h"
+#include "common/int.h"
+#include "compat.h"
 #include "datatype/timestamp.h"
+#include "deadline.h"
 #include "event.h"
 #include "fanout.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "store.h"
 #include "token.h"
 #include "tokenstore.h"
-#include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 #include "worker.h"
 #include "xact.h"
 
 #define USER_ID_MAX_BYTES	CACHE_USER_ID_MAX
+/* the most of an argument an error message repeats */
+#define QUOTE_MAX			32
+/* 365.25 / 12 days: a month, when only the order of magnitude matters */
+#define USECS_PER_AVG_MONTH	(INT64CONST(2629800) * USECS_PER_SEC)
 
 PG_FUNCTION_INFO_V1(token_make);
 PG_FUNCTION_INFO_V1(token_user);
@@ -47,8 +57,27 @@ PG_FUNCTION_INFO_V1(token_flush);
 PG_FUNCTION_INFO_V1(token_last_used);
 PG_FUNCTION_INFO_V1(token_stats);
 PG_FUNCTION_INFO_V1(token_redis_stats);
+PG_FUNCTION_INFO_V1(token_reseal);
 
 /* ---- arguments ---- */
+
+/*
+ * At most QUOTE_MAX bytes of a value, cut at a character boundary, for an
+ * error message: a huge argument must not flood the log.  Never called for
+ * anything that may be a token.
+ */
+static char *
+quote_prefix(text *t)
+{
+	const char *s = VARDATA_ANY(t);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	int			cut;
+
+	if (len <= QUOTE_MAX)
+		return text_to_cstring(t);
+	cut = pg_mbcliplen(s, len, QUOTE_MAX);
+	return psprintf("%.*s...", cut, s);
+}
 
 static char *
 arg_user_id(FunctionCallInfo fcinfo, int argno)
@@ -115,57 +144,109 @@ arg_info(FunctionCallInfo fcinfo, int argno)
 	return info;
 }
 
+static char *
+interval_text(Interval *span)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out,
+											   IntervalPGetDatum(span)));
+}
+
 static void
 positive_interval_error(const char *name, Interval *span, const char *guc)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s must be a positive interval", name),
-			 errdetail("The value given is %s.",
-					   DatumGetCString(DirectFunctionCall1(interval_out,
-														   IntervalPGetDatum(span)))),
+			 errdetail("The value given is %s.", interval_text(span)),
 			 guc ? errhint("Pass NULL to use %s.", guc) : 0));
+}
+
+static void
+out_of_range_error(const char *name, Interval *span, const char *limit)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+			 errmsg("%s is out of range", name),
+			 errdetail("The value given is %s; %s.", interval_text(span), limit)));
+}
+
+/*
+ * An interval as microseconds, months counted at their average length:
+ * enough to tell a span that no deadline can reach from one that fits.
+ * False if it does not fit in 64 bits.
+ */
+static bool
+interval_magnitude(Interval *span, int64 *usecs)
+{
+	int64		months;
+	int64		days;
+
+	return !pg_mul_s64_overflow(span->month, USECS_PER_AVG_MONTH, &months) &&
+		!pg_mul_s64_overflow(span->day, USECS_PER_DAY, &days) &&
+		!pg_add_s64_overflow(months, days, usecs) &&
+		!pg_add_s64_overflow(*usecs, span->time, usecs);
+}
+
+#define DEADLINE_LIMIT_TEXT "a deadline must be before the year 10000"
+
+/*
+ * now + span on the calendar, for an argument called name: an error unless
+ * the result lies after now and before TIME_LIMIT.  The magnitude is
+ * checked first (with a year to spare for the calendar's irregularities),
+ * so that the calendar arithmetic itself cannot overflow.
+ */
+static TimestampTz
+deadline_after(const char *name, TimestampTz now, Interval *span,
+			   const char *guc)
+{
+	int64		magnitude;
+	TimestampTz deadline;
+
+	if (!interval_magnitude(span, &magnitude) ||
+		magnitude > TIME_LIMIT - now + USECS_PER_DAY * DAYS_PER_YEAR)
+		out_of_range_error(name, span, DEADLINE_LIMIT_TEXT);
+	if (magnitude < -(now - MIN_TIMESTAMP) + USECS_PER_DAY * DAYS_PER_YEAR)
+		positive_interval_error(name, span, guc);
+	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													   TimestampTzGetDatum(now),
+													   IntervalPGetDatum(span)));
+	if (deadline <= now)
+		positive_interval_error(name, span, guc);
+	if (deadline >= TIME_LIMIT)
+		out_of_range_error(name, span, DEADLINE_LIMIT_TEXT);
+	return deadline;
 }
 
 /*
  * The absolute deadline for a ttl argument (NULL: the tokenstore.default_ttl
- * setting); false when there is none.
+ * setting): DEADLINE_NONE when there is none.
  */
-static bool
-arg_ttl(FunctionCallInfo fcinfo, int argno, TimestampTz now,
-		TimestampTz *deadline)
+static TimestampTz
+arg_ttl(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 {
-	Interval   *ttl;
-
 	if (PG_ARGISNULL(argno))
-	{
-		*deadline = now + (int64) tokenstore_default_ttl * USECS_PER_SEC;
-		return tokenstore_default_ttl > 0;
-	}
-	ttl = PG_GETARG_INTERVAL_P(argno);
-	*deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														TimestampTzGetDatum(now),
-														IntervalPGetDatum(ttl)));
-	if (*deadline <= now)
-		positive_interval_error("ttl", ttl, "tokenstore.default_ttl");
-	return true;
+		return tokenstore_default_ttl > 0 ?
+			now + (int64) tokenstore_default_ttl * USECS_PER_SEC : DEADLINE_NONE;
+	return deadline_after("ttl", now, PG_GETARG_INTERVAL_P(argno),
+						  "tokenstore.default_ttl");
 }
 
 /*
  * An interval as a fixed number of microseconds (a day is 24 hours, a month
- * 30 days), so that idle deadlines are plain arithmetic everywhere.
+ * 30 days), so that idle deadlines are plain arithmetic everywhere: an
+ * error unless 0 <= result <= limit.
  */
 static int64
-interval_usecs(const char *name, Interval *span)
+interval_usecs(const char *name, Interval *span, int64 limit,
+			   const char *limit_text)
 {
 	int64		usecs;
 
 	if (pg_mul_s64_overflow((int64) span->month * DAYS_PER_MONTH + span->day,
 							USECS_PER_DAY, &usecs) ||
-		pg_add_s64_overflow(usecs, span->time, &usecs))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("%s is out of range", name)));
+		pg_add_s64_overflow(usecs, span->time, &usecs) ||
+		usecs > limit)
+		out_of_range_error(name, span, limit_text);
 	return usecs;
 }
 
@@ -179,7 +260,8 @@ arg_idle(FunctionCallInfo fcinfo, int argno)
 	if (PG_ARGISNULL(argno))
 		return (int64) tokenstore_default_idle_timeout * USECS_PER_SEC;
 	idle = PG_GETARG_INTERVAL_P(argno);
-	usecs = interval_usecs("idle_timeout", idle);
+	usecs = interval_usecs("idle_timeout", idle, IDLE_LIMIT,
+						   "an idle timeout may be at most 72000000 hours");
 	if (usecs <= 0)
 		positive_interval_error("idle_timeout", idle,
 								"tokenstore.default_idle_timeout");
@@ -198,7 +280,8 @@ arg_mode(FunctionCallInfo fcinfo, int argno)
 	if (!login_mode_parse(name, &mode))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown login mode \"%s\"", name),
+				 errmsg("unknown login mode \"%s\"",
+						quote_prefix(PG_GETARG_TEXT_PP(argno))),
 				 errhint("The login modes are multi, single and share.")));
 	return mode;
 }
@@ -265,7 +348,7 @@ cache_values(const TokenRow *row, CacheValues *values)
 {
 	values->user_len = strlen(row->user_id);
 	memcpy(values->user_id, row->user_id, values->user_len);
-	values->expires_at = row->has_expires ? row->expires_at : DT_NOEND;
+	values->expires_at = row->expires_at;
 	values->idle_us = row->idle_us;
 }
 
@@ -284,29 +367,26 @@ prewarm(const TokenRow *row)
 /* ---- token_make ---- */
 
 /*
- * The user's live share-mode token, or NULL.  Called with the user locked;
- * ends the store session when it finds one.
+ * The user's live share-mode token, or NULL; called with the user locked.
+ * One this server's key cannot unseal (restored from another server's dump,
+ * or edited by hand) stays valid for whoever holds it, but cannot be handed
+ * out again: the login then makes a new shared token.
  */
 static char *
 shared_token(const char *user_id, TimestampTz now)
 {
 	TokenKey	key;
 	bytea	   *sealed;
-	bytea	   *secret;
 	char	   *token;
 
 	if (!store_find_share(user_id, now, &key, &sealed))
 		return NULL;
-	secret = store_secret();
-	store_end();
-	token = token_unseal(secret, &key, sealed);
+	token = token_unseal(&key, sealed);
 	if (token == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("the share-mode token of user \"%s\" cannot be recovered",
-						user_id),
-				 errdetail("Its sealed copy does not match tokenstore.secret."),
-				 errhint("Revoke it by the token_id that token_list shows, or with token_delete_user.")));
+		ereport(LOG,
+				(errmsg("tokenstore cannot unseal share-mode token %s with this server's key; the login gets a new one",
+						token_id_text(&key)),
+				 errhint("A dump restored on another server carries no sealing key: see \"Backups\" in tokenstore's README.")));
 	return token;
 }
 
@@ -323,7 +403,7 @@ token_make(PG_FUNCTION_ARGS)
 
 	row.user_id = arg_user_id(fcinfo, 0);
 	row.info = arg_info(fcinfo, 1);
-	row.has_expires = arg_ttl(fcinfo, 2, now, &row.expires_at);
+	row.expires_at = arg_ttl(fcinfo, 2, now);
 	row.idle_us = arg_idle(fcinfo, 3);
 	row.created_at = now;
 	row.last_used_at = now;
@@ -338,9 +418,11 @@ token_make(PG_FUNCTION_ARGS)
 		char	   *existing = shared_token(row.user_id, now);
 
 		if (existing != NULL)
+		{
+			store_end();
 			PG_RETURN_TEXT_P(cstring_to_text(existing));
-		row.share_secret = token_seal(store_secret(), &row.key,
-									  VARDATA_ANY(token),
+		}
+		row.share_secret = token_seal(&row.key, VARDATA_ANY(token),
 									  VARSIZE_ANY_EXHDR(token));
 	}
 	if (mode == LOGIN_SINGLE)
@@ -381,8 +463,7 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000 &&
 		store_touch(&row->key, now) && row->idle_us > 0)
 		xact_queue_expire(&row->key,
-						  idle_deadline(row->has_expires ? row->expires_at : DT_NOEND,
-										row->idle_us, now));
+						  token_deadline(row->expires_at, row->idle_us, now));
 }
 
 /*
@@ -458,14 +539,14 @@ put_row(ReturnSetInfo *rsinfo, Datum head, const TokenRow *row)
 {
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
-	bool		has_deadline;
+	TimestampTz deadline = row_deadline(row);
 
 	values[0] = head;
 	values[1] = JsonbPGetDatum(row->info);
 	values[2] = TimestampTzGetDatum(row->created_at);
 	values[3] = TimestampTzGetDatum(row->last_used_at);
-	values[4] = TimestampTzGetDatum(token_deadline(row, &has_deadline));
-	nulls[4] = !has_deadline;
+	values[4] = TimestampTzGetDatum(deadline);
+	nulls[4] = deadline == DEADLINE_NONE;
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
@@ -510,14 +591,13 @@ token_refresh(PG_FUNCTION_ARGS)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TokenKey	key;
-	TimestampTz deadline;
-	bool		has_deadline = arg_ttl(fcinfo, 1, now, &deadline);
+	TimestampTz deadline = arg_ttl(fcinfo, 1, now);
 	bool		done;
 
 	if (!arg_token(fcinfo, 0, &key))
 		PG_RETURN_BOOL(false);
 	store_begin();
-	done = store_refresh(&key, now, has_deadline, deadline);
+	done = store_refresh(&key, now, deadline);
 	store_end();
 	PG_RETURN_BOOL(done);
 }
@@ -574,12 +654,14 @@ token_delete_id(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
 	id = PG_GETARG_TEXT_PP(0);
+	/* the value is never repeated: it may be a token passed by mistake */
 	if (!token_id_parse(VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id), id_bytes))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid token_id \"%s\"", text_to_cstring(id)),
-				 errdetail("A token_id is %d hexadecimal digits, as token_list shows it.",
-						   TOKEN_ID_LEN)));
+				 errmsg("invalid token_id"),
+				 errdetail("A token_id is %d hexadecimal digits, as token_list shows it; the value given has %d bytes.",
+						   TOKEN_ID_LEN, (int) VARSIZE_ANY_EXHDR(id)),
+				 errhint("token_delete takes a token, token_delete_id the token_id of one.")));
 	store_begin();
 	r = store_delete_id(id_bytes, now);
 	store_end();
@@ -613,7 +695,8 @@ token_rotate(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(1))
 	{
-		grace = interval_usecs("grace", PG_GETARG_INTERVAL_P(1));
+		grace = interval_usecs("grace", PG_GETARG_INTERVAL_P(1),
+							   TIME_LIMIT - 1 - now, DEADLINE_LIMIT_TEXT);
 		if (grace < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -633,7 +716,8 @@ token_rotate(PG_FUNCTION_ARGS)
 	 */
 	if (store_find(&old_key, now, &row))
 		store_lock_user(row.user_id);
-	if (!store_lock_live(&old_key, now, &row))
+	/* a token in its grace period was replaced already: no second heir */
+	if (!store_lock_live(&old_key, now, &row) || row.rotated)
 	{
 		store_end();
 		PG_RETURN_NULL();
@@ -642,15 +726,14 @@ token_rotate(PG_FUNCTION_ARGS)
 	row.created_at = now;
 	row.last_used_at = now;
 	if (row.share_secret != NULL)
-		row.share_secret = token_seal(store_secret(), &row.key,
-									  VARDATA_ANY(token),
+		row.share_secret = token_seal(&row.key, VARDATA_ANY(token),
 									  VARSIZE_ANY_EXHDR(token));
 	if (!store_insert(&row))
 		duplicate_token_error();
 	if (grace == 0)
 		(void) store_delete(&old_key, now);
 	else
-		store_shorten(&old_key, now + grace);
+		store_retire(&old_key, now, now + grace);
 	store_end();
 	prewarm(&row);
 
@@ -814,4 +897,27 @@ token_redis_stats(PG_FUNCTION_ARGS)
 										TimestampTzGetDatum(stats.oldest));
 	values[9] = text_or_null(stats.last_error, &nulls[9]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * tokenstore_internal.token_reseal(token_hash, sealed, old_key): a share-mode
+ * token sealed under 1.0's key, sealed under the key file's.  Used by the
+ * update script only.
+ */
+Datum
+token_reseal(PG_FUNCTION_ARGS)
+{
+	bytea	   *hash = PG_GETARG_BYTEA_PP(0);
+	bytea	   *sealed = PG_GETARG_BYTEA_PP(1);
+	bytea	   *old_key = PG_GETARG_BYTEA_PP(2);
+	TokenKey	key;
+	bytea	   *resealed;
+
+	if (VARSIZE_ANY_EXHDR(hash) != sizeof(key.bytes))
+		PG_RETURN_NULL();
+	memcpy(key.bytes, VARDATA_ANY(hash), sizeof(key.bytes));
+	resealed = token_reseal_from(old_key, &key, sealed);
+	if (resealed == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(resealed);
 }

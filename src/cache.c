@@ -17,9 +17,12 @@
  *   records the use with an atomic write of the entry's "used" word; no
  *   exclusive lock and no spinlock.  Concurrent hits on one entry may store
  *   their clocks in either order; the difference is microseconds.
- * - The used word packs the last use (microseconds) shifted left by one with
- *   a dirty bit, set by every use and cleared by a flush with a
- *   compare-and-swap, so a use that lands during a flush stays dirty.
+ * - The used word packs the last use with a dirty bit, set by every use and
+ *   cleared by a flush with a compare-and-swap, so a use that lands during
+ *   a flush stays dirty.  The time is kept as its distance from the first
+ *   timestamp PostgreSQL can represent, which fits 63 bits for every time
+ *   before the year 287000: a time that does not fit (only an operator's
+ *   edit can make one) is never cached, so every packed time round-trips.
  * - Inserting, changing and removing entries take the partition lock
  *   exclusively, for a hash operation and a few stores: never across I/O,
  *   SPI or anything that can ERROR.  Inserts use HASH_ENTER_NULL: a full
@@ -41,6 +44,7 @@
 #include "access/twophase.h"
 #include "access/xlog.h"
 #include "cache.h"
+#include "compat.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -211,23 +215,33 @@ partition_lock(uint32 hashcode)
 	return &locks[hashcode % CACHE_PARTITIONS].lock;
 }
 
+/* the latest time the used word can hold: MIN_TIMESTAMP + 2^63 - 1 */
+#define USED_MAX	(MIN_TIMESTAMP + PG_INT64_MAX)
+
+/* Whether the used word can hold t (see the locking rules). */
+static inline bool
+used_fits(TimestampTz t)
+{
+	return t >= MIN_TIMESTAMP && t <= USED_MAX;
+}
+
 static inline uint64
 used_pack(TimestampTz t, bool dirty)
 {
-	return ((uint64) t << 1) | (dirty ? 1 : 0);
+	Assert(used_fits(t));
+	return ((uint64) (t - MIN_TIMESTAMP) << 1) | (dirty ? 1 : 0);
 }
 
 static inline TimestampTz
 used_time(uint64 used)
 {
-	return (TimestampTz) (used >> 1);
+	return (TimestampTz) (used >> 1) + MIN_TIMESTAMP;
 }
 
 static inline bool
 entry_live(const CacheEntry *e, TimestampTz last_used, TimestampTz now)
 {
-	return now < e->expires_at &&
-		(e->idle_us == 0 || now < last_used + e->idle_us);
+	return now < token_deadline(e->expires_at, e->idle_us, last_used);
 }
 
 static void
@@ -251,7 +265,7 @@ unlock_all(void)
 static inline BackendCounters *
 my_counters(void)
 {
-	return &shared->counters[MyProc->pgprocno];
+	return &shared->counters[MyProcNumber];
 }
 
 static inline void
@@ -353,6 +367,8 @@ cache_fill(const TokenKey *key, const CacheValues *values,
 	bool		found = false;
 	bool		raced;
 
+	if (!used_fits(last_used))
+		return false;
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	raced = pg_atomic_read_u64(&shared->generation[hashcode % CACHE_PARTITIONS]) != generation;
 	if (!raced)
@@ -394,7 +410,7 @@ cache_record_use(const TokenKey *key, TimestampTz now)
 	return e != NULL;
 }
 
-/* The last use the cache knows of, or DT_NOBEGIN. */
+/* The last use the cache knows of, or DT_NOBEGIN (earlier than any). */
 TimestampTz
 cache_last_used(const TokenKey *key)
 {
@@ -416,7 +432,8 @@ cache_last_used(const TokenKey *key)
 
 /*
  * A committed UPDATE of the token's row: take its new values, and its
- * last use too when set_used (an operator moved it back).
+ * last use too when set_used (an operator moved it back; a time the entry
+ * cannot hold removes it).
  */
 void
 cache_update(const TokenKey *key, const CacheValues *values, bool set_used,
@@ -429,7 +446,9 @@ cache_update(const TokenKey *key, const CacheValues *values, bool set_used,
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
-	if (e != NULL)
+	if (e != NULL && set_used && !used_fits(last_used))
+		hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+	else if (e != NULL)
 	{
 		e->user_len = values->user_len;
 		memcpy(e->user_id, values->user_id, values->user_len);
@@ -519,8 +538,9 @@ cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 		memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
 		out[n].observed = used;
 		out[n].last_used = used_time(used);
-		out[n].deadline = e->idle_us == 0 ? 0 :
-			idle_deadline(e->expires_at, e->idle_us, out[n].last_used);
+		out[n].deadline = token_deadline(e->expires_at, e->idle_us,
+										 out[n].last_used);
+		out[n].idle = e->idle_us > 0;
 		if (++n == max)
 		{
 			hash_seq_term(&status);

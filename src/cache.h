@@ -5,6 +5,7 @@
 #define TOKENSTORE_CACHE_H
 
 #include "datatype/timestamp.h"
+#include "deadline.h"
 #include "token.h"
 
 #define CACHE_USER_ID_MAX	64
@@ -14,7 +15,7 @@ typedef struct CacheValues
 {
 	uint8		user_len;
 	char		user_id[CACHE_USER_ID_MAX];
-	TimestampTz expires_at;		/* DT_NOEND when none */
+	TimestampTz expires_at;		/* DEADLINE_NONE when none */
 	int64		idle_us;		/* 0 when none */
 } CacheValues;
 
@@ -25,16 +26,6 @@ typedef enum CacheResult
 	CACHE_DEAD
 } CacheResult;
 
-/*
- * A token's deadline after a use at `used` moved its idle one: the earlier of
- * expires_at (DT_NOEND: none) and used + idle_us.
- */
-static inline TimestampTz
-idle_deadline(TimestampTz expires_at, int64 idle_us, TimestampTz used)
-{
-	return Min(expires_at, used + idle_us);
-}
-
 /* A dirty last use, collected for a flush. */
 typedef struct CacheDirty
 {
@@ -42,7 +33,8 @@ typedef struct CacheDirty
 	TokenKey	key;
 	uint64		observed;		/* packed value seen, for cache_mark_clean */
 	TimestampTz last_used;
-	TimestampTz deadline;		/* the idle deadline the use moves; 0: none */
+	TimestampTz deadline;		/* the token's deadline after this use */
+	bool		idle;			/* the use moves it (an idle timeout) */
 } CacheDirty;
 
 /* Cache-wide counters, for the stats view. */

@@ -153,7 +153,7 @@ new_msg(FanoutKind kind, const char *datname, const char *user_id,
 
 	m->len = len;
 	m->kind = kind;
-	m->deadline = DT_NOEND;
+	m->deadline = DEADLINE_NONE;
 	m->db_len = db_len;
 	m->user_len = user_len;
 	m->value_len = value_len;
@@ -185,7 +185,7 @@ append_json_time(StringInfo buf, TimestampTz t)
 
 /*
  * The value services read for a token: JSON of what token_check returns,
- * and the token's handle; expires_at is the absolute deadline (DT_NOEND:
+ * and the token's handle; expires_at is the absolute deadline (DEADLINE_NONE:
  * none).  In the current memory context.
  */
 char *

@@ -5,6 +5,7 @@
 #define TOKENSTORE_FANOUT_H
 
 #include "datatype/timestamp.h"
+#include "deadline.h"
 #include "storage/latch.h"
 #include "token.h"
 #include "utils/jsonb.h"
@@ -29,7 +30,7 @@ typedef struct FanoutMsg
 	uint32		len;			/* of the whole message, padding included */
 	uint8		kind;
 	TimestampTz committed_at;
-	TimestampTz deadline;		/* SET and EXPIRE; DT_NOEND: none */
+	TimestampTz deadline;		/* SET and EXPIRE; DEADLINE_NONE: none */
 	uint8		hash[PG_SHA256_DIGEST_LENGTH];
 	uint16		db_len;
 	uint16		user_len;

@@ -667,7 +667,7 @@ send_set(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 	setlens[1] = key.len;
 	snprintf(ms, sizeof(ms), INT64_FORMAT, unix_ms(deadline));
 	setlens[4] = strlen(ms);
-	pipe_send(p, deadline == DT_NOEND ? 3 : 5, set, setlens);
+	pipe_send(p, deadline == DEADLINE_NONE ? 3 : 5, set, setlens);
 	sadd[1] = ukey.data;
 	saddlens[1] = ukey.len;
 	sadd[2] = key.data;
@@ -830,7 +830,7 @@ send_msg(Pipeline *p, const FanoutMsg *m, TimestampTz now)
 	switch ((FanoutKind) m->kind)
 	{
 		case FANOUT_SET:
-			if (m->deadline != DT_NOEND && m->deadline <= now)
+			if (m->deadline <= now)
 				send_remove(p, m);
 			else
 				send_set(p, fanout_msg_db(m), m->db_len, m->hash,
@@ -1173,17 +1173,14 @@ write_page(Pipeline *p, TokenKey *after)
 	foreach(lc, rows)
 	{
 		TokenRow   *row = lfirst(lc);
-		bool		has_deadline;
-		TimestampTz deadline = token_deadline(row, &has_deadline);
 		int			user_len = strlen(row->user_id);
 		int			len;
 		char	   *value = fanout_token_json(&row->key, row->user_id, user_len,
 											  row->info, row->created_at,
-											  row->has_expires ? row->expires_at : DT_NOEND,
-											  &len);
+											  row->expires_at, &len);
 
 		send_set(p, resync_db, resync_dblen, row->key.bytes, row->user_id,
-				 user_len, value, len, has_deadline ? deadline : DT_NOEND);
+				 user_len, value, len, row_deadline(row));
 		*after = row->key;
 	}
 	return list_length(rows) == RESYNC_PAGE;

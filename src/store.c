@@ -14,9 +14,11 @@
  *   that the transaction cannot see is a serialization failure, never a
  *   silent write.
  *
- * - A pinned search path.  The functions run as the extension's owner with
- *   the caller's search_path; store_begin pushes a path of pg_catalog alone,
- *   so no function or operator the caller defines can stand in for ours.
+ * - Nothing a caller can create is ever used.  The functions run as the
+ *   extension's owner; every table and function below is qualified, and
+ *   store_begin pins search_path to "pg_catalog, pg_temp" (saved and
+ *   restored like a function's SET clause), so operators and types resolve
+ *   in pg_catalog only, never in a schema of the caller's or in pg_temp.
  *
  * - No waiting on a check.  Recording a use skips a row that another
  *   transaction has locked (SKIP LOCKED) rather than queueing behind it.
@@ -25,12 +27,17 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
+#include "compat.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
@@ -39,10 +46,12 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
-
-PG_FUNCTION_INFO_V1(token_idle_sweep_at);
+#include "utils/timestamp.h"
 
 /* Advisory lock space of per-user locks: field4 values 1 and 2 are SQL's. */
 #define USER_LOCK_SPACE		0x746B7374	/* "tkst" */
@@ -52,16 +61,19 @@ PG_FUNCTION_INFO_V1(token_idle_sweep_at);
 	"token_hash, user_id, info, created_at, last_used_at, expires_at, " \
 	"idle_timeout, share_secret"
 
+/* where every statement resolves its operators and types */
+#define PINNED_PATH "pg_catalog, pg_temp"
+
 /*
  * The last use of a row: the later of the table's and the cache's, which
  * records uses in shared memory and flushes them later.  Every deadline and
  * every "least recently used" below is judged on it.
  */
-#define LAST_USED "tokenstore.last_used(token_hash, last_used_at)"
+#define LAST_USED "tokenstore_internal.last_used(token_hash, last_used_at)"
 
 #define READ_COLUMNS \
 	"token_hash, user_id, info, created_at, " LAST_USED ", expires_at, " \
-	"idle_timeout, share_secret"
+	"idle_timeout, share_secret, rotated_at IS NOT NULL"
 
 /* Live at time p: neither deadline has passed. */
 #define LIVE(p) \
@@ -77,10 +89,9 @@ typedef enum StoreStmt
 	STMT_INSERT,
 	STMT_REVOKE_LRU,
 	STMT_FIND_SHARE,
-	STMT_SECRET,
 	STMT_REFRESH,
 	STMT_SET_INFO,
-	STMT_SHORTEN,
+	STMT_RETIRE,
 	STMT_DELETE,
 	STMT_DELETE_ID,
 	STMT_DELETE_USER,
@@ -142,18 +153,16 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_FIND_SHARE] = {
 		"SELECT token_hash, share_secret FROM tokenstore.token"
-		" WHERE user_id = $1 AND share_secret IS NOT NULL AND " LIVE("$2")
+		" WHERE user_id = $1 AND share_secret IS NOT NULL"
+		"   AND rotated_at IS NULL AND " LIVE("$2")
 		" ORDER BY created_at DESC, token_hash LIMIT 1",
 		2, {TEXTOID, TIMESTAMPTZOID}
 	},
-	[STMT_SECRET] = {
-		"SELECT key FROM tokenstore.secret",
-		0, {InvalidOid}
-	},
+	/* a token in its grace period keeps its final deadline */
 	[STMT_REFRESH] = {
 		"UPDATE tokenstore.token"
 		"   SET expires_at = $3, last_used_at = greatest(" LAST_USED ", $2)"
-		" WHERE token_hash = $1 AND " LIVE("$2"),
+		" WHERE token_hash = $1 AND rotated_at IS NULL AND " LIVE("$2"),
 		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[STMT_SET_INFO] = {
@@ -161,10 +170,11 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" WHERE token_hash = $1 AND " LIVE("$2"),
 		3, {BYTEAOID, TIMESTAMPTZOID, JSONBOID}
 	},
-	[STMT_SHORTEN] = {
-		"UPDATE tokenstore.token SET expires_at = least(expires_at, $2)"
+	[STMT_RETIRE] = {
+		"UPDATE tokenstore.token"
+		"   SET expires_at = least(expires_at, $3), rotated_at = $2"
 		" WHERE token_hash = $1",
-		2, {BYTEAOID, TIMESTAMPTZOID}
+		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[STMT_DELETE] = {
 		"DELETE FROM tokenstore.token WHERE token_hash = $1"
@@ -207,7 +217,7 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_FLUSH] = {
 		"UPDATE tokenstore.token t SET last_used_at = v.used"
-		"  FROM unnest($1, $2) AS v(hash, used)"
+		"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(hash, used)"
 		" WHERE t.token_hash = v.hash AND t.last_used_at < v.used",
 		2, {BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
 	},
@@ -228,26 +238,78 @@ static SPIPlanPtr plans[STMT_COUNT];
 
 /* Where results are copied to: the memory of the function that called us. */
 static MemoryContext caller_cxt = NULL;
+/* The GUC nest level that holds the pinned search_path. */
+static int	path_level = 0;
+/* This backend found the SQL objects at the library's version. */
+static bool version_checked = false;
+
+/* The installed version of the extension's SQL objects, or NULL. */
+static char *
+installed_version(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("tokenstore"));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Refuse to run statements written for another version of the SQL objects
+ * (the library was updated, ALTER EXTENSION ... UPDATE not yet run).
+ */
+void
+store_check_version(void)
+{
+	char	   *version;
+
+	if (version_checked)
+		return;
+	version = installed_version();
+	if (version == NULL || strcmp(version, TOKENSTORE_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tokenstore's SQL objects are at version %s, its library at version %s",
+						version ? version : "(none)", TOKENSTORE_VERSION),
+				 errhint("Run ALTER EXTENSION tokenstore UPDATE in this database.")));
+	version_checked = true;
+}
 
 /* Connect to SPI, with the pinned search path. */
 void
 store_begin(void)
 {
-	OverrideSearchPath path = {0};
-
+	store_check_version();
 	caller_cxt = CurrentMemoryContext;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	path.schemas = NIL;
-	path.addCatalog = true;
-	path.addTemp = false;
-	PushOverrideSearchPath(&path);
+	path_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", PINNED_PATH, PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 void
 store_end(void)
 {
-	PopOverrideSearchPath();
+	AtEOXact_GUC(true, path_level);
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
 	caller_cxt = NULL;
@@ -352,33 +414,14 @@ row_from_result(int row, TokenRow *out)
 	out->created_at = DatumGetTimestampTz(column(row, 4, &isnull));
 	out->last_used_at = DatumGetTimestampTz(column(row, 5, &isnull));
 	d = column(row, 6, &isnull);
-	out->has_expires = !isnull;
-	out->expires_at = isnull ? 0 : DatumGetTimestampTz(d);
+	out->expires_at = isnull ? DEADLINE_NONE : DatumGetTimestampTz(d);
 	d = column(row, 7, &isnull);
 	out->idle_us = isnull ? 0 : DatumGetIntervalP(d)->time;
 	d = column(row, 8, &isnull);
 	out->share_secret = isnull ? NULL : DatumGetByteaPCopy(d);
+	d = column(row, 9, &isnull);
+	out->rotated = !isnull && DatumGetBool(d);
 	MemoryContextSwitchTo(old);
-}
-
-/*
- * The deadline results show: the earlier of the absolute and the idle one.
- */
-TimestampTz
-token_deadline(const TokenRow *row, bool *has_deadline)
-{
-	TimestampTz deadline = row->expires_at;
-
-	*has_deadline = row->has_expires;
-	if (row->idle_us > 0)
-	{
-		TimestampTz idle = row->last_used_at + row->idle_us;
-
-		if (!*has_deadline || idle < deadline)
-			deadline = idle;
-		*has_deadline = true;
-	}
-	return deadline;
 }
 
 /* The live token with this key, into *row; false if there is none. */
@@ -540,7 +583,7 @@ store_insert(const TokenRow *row)
 	values[2] = JsonbPGetDatum(row->info);
 	values[3] = TimestampTzGetDatum(row->created_at);
 	values[4] = TimestampTzGetDatum(row->expires_at);
-	if (!row->has_expires)
+	if (row->expires_at == DEADLINE_NONE)
 		nulls[4] = 'n';
 	idle.time = row->idle_us;
 	values[5] = IntervalPGetDatum(&idle);
@@ -640,35 +683,16 @@ store_find_share(const char *user_id, TimestampTz now, TokenKey *key,
 	return true;
 }
 
-/* The key that seals share-mode tokens. */
-bytea *
-store_secret(void)
-{
-	bool		isnull;
-	Datum		d;
-	bytea	   *secret;
-	MemoryContext old;
-
-	if (store_exec(STMT_SECRET, NULL, NULL, 2) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("tokenstore.secret must hold exactly one row"),
-				 errhint("Reinstall the extension, or restore the table from a backup.")));
-	d = column(0, 1, &isnull);
-	old = MemoryContextSwitchTo(caller_cxt);
-	secret = DatumGetByteaPCopy(d);
-	MemoryContextSwitchTo(old);
-	return secret;
-}
-
-/* Set a live token's absolute deadline and record a use; false if dead. */
+/*
+ * Set a live token's absolute deadline (DEADLINE_NONE: none) and record a
+ * use; false if it is dead, or in the grace period of a rotation.
+ */
 bool
-store_refresh(const TokenKey *key, TimestampTz now, bool has_expires,
-			  TimestampTz expires_at)
+store_refresh(const TokenKey *key, TimestampTz now, TimestampTz expires_at)
 {
 	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
 	TimestampTzGetDatum(expires_at)};
-	char		nulls[3] = {' ', ' ', has_expires ? ' ' : 'n'};
+	char		nulls[3] = {' ', ' ', expires_at == DEADLINE_NONE ? 'n' : ' '};
 
 	return store_exec(STMT_REFRESH, values, nulls, 0) > 0;
 }
@@ -683,13 +707,17 @@ store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info)
 	return store_exec(STMT_SET_INFO, values, NULL, 0) > 0;
 }
 
-/* Bring a token's absolute deadline forward to `deadline` at the latest. */
+/*
+ * A rotation replaced the token: it dies at `deadline` at the latest, and
+ * nothing moves that deadline later any more.
+ */
 void
-store_shorten(const TokenKey *key, TimestampTz deadline)
+store_retire(const TokenKey *key, TimestampTz now, TimestampTz deadline)
 {
-	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(deadline)};
+	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
+	TimestampTzGetDatum(deadline)};
 
-	store_exec(STMT_SHORTEN, values, NULL, 0);
+	store_exec(STMT_RETIRE, values, NULL, 0);
 }
 
 /* The one revoked live token of a delete, or NULL. */
@@ -753,43 +781,6 @@ store_sweep(TimestampTz now, int batch)
 	(void) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
 	return (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
-}
-
-/*
- * BEFORE INSERT, and BEFORE an UPDATE that moves the idle deadline earlier:
- * idle_sweep_at becomes the idle deadline.  Uses only move the real deadline
- * later, so it stays a lower bound that the sweep moves forward; no index
- * covers last_used_at, so a flush is a HOT update.
- */
-Datum
-token_idle_sweep_at(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	TupleDesc	desc;
-	HeapTuple	tuple;
-	int			column;
-	Datum		value;
-	bool		isnull;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("token_idle_sweep_at must be called as a trigger")));
-	desc = trigdata->tg_relation->rd_att;
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
-		trigdata->tg_newtuple : trigdata->tg_trigtuple;
-	value = heap_getattr(tuple, SPI_fnumber(desc, "idle_timeout"), desc, &isnull);
-	if (!isnull)
-	{
-		Datum		used = heap_getattr(tuple, SPI_fnumber(desc, "last_used_at"),
-										desc, &isnull);
-
-		if (!isnull)
-			value = DirectFunctionCall2(timestamptz_pl_interval, used, value);
-	}
-	column = SPI_fnumber(desc, "idle_sweep_at");
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &column,
-													 &value, &isnull));
 }
 
 /*

@@ -5,6 +5,7 @@
 #define TOKENSTORE_STORE_H
 
 #include "cache.h"
+#include "deadline.h"
 #include "nodes/pg_list.h"
 #include "token.h"
 #include "utils/jsonb.h"
@@ -18,10 +19,10 @@ typedef struct TokenRow
 	Jsonb	   *info;
 	TimestampTz created_at;
 	TimestampTz last_used_at;
-	bool		has_expires;	/* absolute deadline set? */
-	TimestampTz expires_at;
+	TimestampTz expires_at;		/* absolute deadline, DEADLINE_NONE: none */
 	int64		idle_us;		/* idle timeout in microseconds, 0: none */
 	bytea	   *share_secret;	/* sealed token of a share-mode row, or NULL */
+	bool		rotated;		/* replaced with a grace period: expires_at is final */
 } TokenRow;
 
 /* A live token that a call revoked: what events (and caches) need of it. */
@@ -31,8 +32,14 @@ typedef struct RevokedToken
 	char	   *user_id;
 } RevokedToken;
 
-extern TimestampTz token_deadline(const TokenRow *row, bool *has_deadline);
+/* The earlier of a row's deadlines, judged on its last use. */
+static inline TimestampTz
+row_deadline(const TokenRow *row)
+{
+	return token_deadline(row->expires_at, row->idle_us, row->last_used_at);
+}
 
+extern void store_check_version(void);
 extern void store_begin(void);
 extern void store_end(void);
 
@@ -46,12 +53,12 @@ extern void store_lock_user(const char *user_id);
 extern List *store_revoke_lru(const char *user_id, TimestampTz now, int64 keep);
 extern bool store_find_share(const char *user_id, TimestampTz now,
 							 TokenKey *key, bytea **sealed);
-extern bytea *store_secret(void);
 
 extern bool store_refresh(const TokenKey *key, TimestampTz now,
-						  bool has_expires, TimestampTz expires_at);
+						  TimestampTz expires_at);
 extern bool store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info);
-extern void store_shorten(const TokenKey *key, TimestampTz deadline);
+extern void store_retire(const TokenKey *key, TimestampTz now,
+						 TimestampTz deadline);
 
 extern RevokedToken *store_delete(const TokenKey *key, TimestampTz now);
 extern RevokedToken *store_delete_id(const uint8 *id_bytes, TimestampTz now);

@@ -19,19 +19,38 @@
  * a fresh context per call costs more than the whole cache lookup.
  *
  * Share-mode tokens must be handed out again, so they alone are kept, sealed:
- * XORed with a keystream of HMAC-SHA256(secret, key || block number).  The
- * key is unique per token, so no two tokens share a keystream.
+ * XORed with a keystream of HMAC-SHA256(sealing key, token's key || block
+ * number).  The token's key is unique per token, so no two tokens share a
+ * keystream.  The sealing key is not in the database, so that a dump
+ * reveals no usable token: it is $PGDATA/tokenstore.key, 32 random bytes
+ * made by the first process that needs them, which base backups, standbys
+ * and rewinds carry along with the data directory (see the README for
+ * dumps and pg_upgrade).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <openssl/evp.h>
 
+#include "access/xlog.h"
+#include "common/file_perm.h"
 #include "common/hmac.h"
+#include "compat.h"
+#include "miscadmin.h"
 #include "port/pg_crc32c.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "token.h"
+#include "utils/builtins.h"
+
+#define SEAL_KEY_FILE		"tokenstore.key"
+#define SEAL_KEY_HEADER		"tokenstore sealing key 1\n"
+#define SEAL_KEY_BYTES		32
+#define SEAL_KEY_FILE_LEN	(sizeof(SEAL_KEY_HEADER) - 1 + 2 * SEAL_KEY_BYTES + 1)
 
 #define B64_BODY_LEN		43	/* 32 bytes in unpadded base64 */
 #define B64_CHECKSUM_LEN	6	/* 4 bytes in unpadded base64 */
@@ -176,21 +195,15 @@ token_key(const char *token, int len, TokenKey *key)
 		sha256_error("EVP_DigestFinal_ex");
 }
 
-/* The token_id of a key: lower-case hex, palloc'd. */
+/* Lower-case hex of len bytes, NUL-terminated, palloc'd. */
 char *
-token_id_text(const TokenKey *key)
+hex_text(const uint8 *bytes, int len)
 {
-	static const char hex[] = "0123456789abcdef";
-	char	   *id = palloc(TOKEN_ID_LEN + 1);
-	int			i;
+	char	   *hex = palloc(2 * len + 1);
 
-	for (i = 0; i < TOKEN_ID_BYTES; i++)
-	{
-		id[2 * i] = hex[key->bytes[i] >> 4];
-		id[2 * i + 1] = hex[key->bytes[i] & 0xF];
-	}
-	id[TOKEN_ID_LEN] = '\0';
-	return id;
+	hex_encode((const char *) bytes, len, hex);
+	hex[2 * len] = '\0';
+	return hex;
 }
 
 static int
@@ -205,6 +218,31 @@ hex_value(char c)
 	return -1;
 }
 
+/* Parse 2 * n hex digits into n bytes; false (never an error) if not hex. */
+bool
+hex_parse(const char *hex, int n, uint8 *bytes)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		int			hi = hex_value(hex[2 * i]);
+		int			lo = hex_value(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return false;
+		bytes[i] = (hi << 4) | lo;
+	}
+	return true;
+}
+
+/* The token_id of a key: lower-case hex, palloc'd. */
+char *
+token_id_text(const TokenKey *key)
+{
+	return hex_text(key->bytes, TOKEN_ID_BYTES);
+}
+
 /*
  * Parse a token_id into the first TOKEN_ID_BYTES bytes of a key; false if it
  * is not one.
@@ -212,25 +250,126 @@ hex_value(char c)
 bool
 token_id_parse(const char *id, int len, uint8 *prefix)
 {
-	int			i;
+	return len == TOKEN_ID_LEN && hex_parse(id, TOKEN_ID_BYTES, prefix);
+}
 
-	if (len != TOKEN_ID_LEN)
-		return false;
-	for (i = 0; i < TOKEN_ID_BYTES; i++)
+/* ---- the sealing key ---- */
+
+static uint8 sealing_key[SEAL_KEY_BYTES];
+static bool sealing_key_loaded = false;
+
+static void
+key_file_error(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIG_FILE_ERROR),
+			 errmsg("tokenstore cannot use its sealing key \"%s\": %s",
+					SEAL_KEY_FILE, what),
+			 errhint("Restore the file from the backup kept with this server's dumps, or remove it to have a new key made (share-mode users then get new tokens).")));
+}
+
+/* Read the key file into sealing_key; false if there is none. */
+static bool
+read_key_file(void)
+{
+	char		buf[SEAL_KEY_FILE_LEN + 1];
+	FILE	   *file = AllocateFile(SEAL_KEY_FILE, PG_BINARY_R);
+	size_t		n;
+	bool		valid;
+
+	if (file == NULL)
 	{
-		int			hi = hex_value(id[2 * i]);
-		int			lo = hex_value(id[2 * i + 1]);
-
-		if (hi < 0 || lo < 0)
+		if (errno == ENOENT)
 			return false;
-		prefix[i] = (hi << 4) | lo;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read \"%s\": %m", SEAL_KEY_FILE)));
 	}
+	n = fread(buf, 1, sizeof(buf), file);
+	(void) FreeFile(file);
+	valid = n == SEAL_KEY_FILE_LEN &&
+		memcmp(buf, SEAL_KEY_HEADER, sizeof(SEAL_KEY_HEADER) - 1) == 0 &&
+		hex_parse(buf + sizeof(SEAL_KEY_HEADER) - 1, SEAL_KEY_BYTES, sealing_key) &&
+		buf[SEAL_KEY_FILE_LEN - 1] == '\n';
+	explicit_bzero(buf, sizeof(buf));
+	if (!valid)
+		key_file_error("it is not a tokenstore key file of this version");
 	return true;
 }
 
+/*
+ * Make a new key file, unless another process makes one first: written
+ * under a name of our own, then linked into place (never overwriting).
+ */
+static void
+create_key_file(void)
+{
+	uint8		key[SEAL_KEY_BYTES];
+	char		text[SEAL_KEY_FILE_LEN + 1];
+	char		temp[MAXPGPATH];
+	int			fd;
+	bool		written;
+
+	if (!pg_strong_random(key, sizeof(key)))
+		key_file_error("no random bytes to make one");
+	strcpy(text, SEAL_KEY_HEADER);
+	hex_encode((const char *) key, sizeof(key), text + sizeof(SEAL_KEY_HEADER) - 1);
+	text[SEAL_KEY_FILE_LEN - 1] = '\n';
+	text[SEAL_KEY_FILE_LEN] = '\0';
+	explicit_bzero(key, sizeof(key));
+	snprintf(temp, sizeof(temp), "%s.%d.tmp", SEAL_KEY_FILE, MyProcPid);
+	fd = OpenTransientFilePerm(temp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY,
+							   PG_FILE_MODE_OWNER);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create \"%s\": %m", temp)));
+	written = write(fd, text, SEAL_KEY_FILE_LEN) == SEAL_KEY_FILE_LEN &&
+		pg_fsync(fd) == 0;
+	explicit_bzero(text, sizeof(text));
+	if (CloseTransientFile(fd) != 0 || !written ||
+		(link(temp, SEAL_KEY_FILE) != 0 && errno != EEXIST))
+	{
+		int			save_errno = errno;
+
+		(void) unlink(temp);
+		errno = save_errno;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write \"%s\": %m", SEAL_KEY_FILE)));
+	}
+	(void) unlink(temp);
+	fsync_fname(SEAL_KEY_FILE, false);
+	fsync_fname(".", true);
+}
+
+/*
+ * The sealing key, made on first use.  A standby never makes one: it has
+ * its primary's, from the base backup (and seals nothing: it writes no
+ * tokens).
+ */
+static const uint8 *
+seal_key(void)
+{
+	if (sealing_key_loaded)
+		return sealing_key;
+	if (!read_key_file())
+	{
+		if (RecoveryInProgress())
+			key_file_error("it is missing, and a server in recovery does not make one");
+		create_key_file();
+		if (!read_key_file())
+			key_file_error("it vanished after it was made");
+	}
+	sealing_key_loaded = true;
+	return sealing_key;
+}
+
+/* ---- sealing ---- */
+
 /* XOR len bytes of src with the keystream of (secret, key) into dst. */
 static void
-keystream_xor(const bytea *secret, const TokenKey *key,
+keystream_xor(const uint8 *secret, int secret_len, const TokenKey *key,
 			  const uint8 *src, int len, uint8 *dst)
 {
 	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
@@ -247,8 +386,7 @@ keystream_xor(const bytea *secret, const TokenKey *key,
 		uint8		stream[PG_SHA256_DIGEST_LENGTH];
 		int			i;
 
-		if (pg_hmac_init(ctx, (const uint8 *) VARDATA_ANY(secret),
-						 VARSIZE_ANY_EXHDR(secret)) < 0 ||
+		if (pg_hmac_init(ctx, secret, secret_len) < 0 ||
 			pg_hmac_update(ctx, key->bytes, sizeof(key->bytes)) < 0 ||
 			pg_hmac_update(ctx, counter, sizeof(counter)) < 0 ||
 			pg_hmac_final(ctx, stream, sizeof(stream)) < 0)
@@ -267,31 +405,28 @@ keystream_xor(const bytea *secret, const TokenKey *key,
 	pg_hmac_free(ctx);
 }
 
-/* The sealed form of a share-mode token, for the share_secret column. */
-bytea *
-token_seal(const bytea *secret, const TokenKey *key, const char *token, int len)
+static bytea *
+seal_with(const uint8 *secret, int secret_len, const TokenKey *key,
+		  const char *token, int len)
 {
 	bytea	   *sealed = palloc(VARHDRSZ + len);
 
 	SET_VARSIZE(sealed, VARHDRSZ + len);
-	keystream_xor(secret, key, (const uint8 *) token, len,
+	keystream_xor(secret, secret_len, key, (const uint8 *) token, len,
 				  (uint8 *) VARDATA(sealed));
 	return sealed;
 }
 
-/*
- * The token sealed in share_secret, NUL-terminated; NULL if it does not hash
- * to the key (the secret was replaced, or the row was edited by hand).
- */
-char *
-token_unseal(const bytea *secret, const TokenKey *key, const bytea *sealed)
+static char *
+unseal_with(const uint8 *secret, int secret_len, const TokenKey *key,
+			const bytea *sealed)
 {
 	int			len = VARSIZE_ANY_EXHDR(sealed);
 	char	   *token = palloc(len + 1);
 	TokenKey	check;
 
-	keystream_xor(secret, key, (const uint8 *) VARDATA_ANY(sealed), len,
-				  (uint8 *) token);
+	keystream_xor(secret, secret_len, key,
+				  (const uint8 *) VARDATA_ANY(sealed), len, (uint8 *) token);
 	token[len] = '\0';
 	token_key(token, len, &check);
 	if (memcmp(check.bytes, key->bytes, sizeof(check.bytes)) != 0)
@@ -301,4 +436,41 @@ token_unseal(const bytea *secret, const TokenKey *key, const bytea *sealed)
 		return NULL;
 	}
 	return token;
+}
+
+/* The sealed form of a share-mode token, for the share_secret column. */
+bytea *
+token_seal(const TokenKey *key, const char *token, int len)
+{
+	return seal_with(seal_key(), SEAL_KEY_BYTES, key, token, len);
+}
+
+/*
+ * The token sealed in share_secret, NUL-terminated; NULL if it does not hash
+ * to the key (sealed under another server's key, or edited by hand).
+ */
+char *
+token_unseal(const TokenKey *key, const bytea *sealed)
+{
+	return unseal_with(seal_key(), SEAL_KEY_BYTES, key, sealed);
+}
+
+/*
+ * A token sealed under an older key (1.0 kept it in a table), sealed anew
+ * under the key file's; NULL if the old key does not open it.
+ */
+bytea *
+token_reseal_from(const bytea *old_key, const TokenKey *key, const bytea *sealed)
+{
+	int			len = VARSIZE_ANY_EXHDR(sealed);
+	char	   *token = unseal_with((const uint8 *) VARDATA_ANY(old_key),
+									VARSIZE_ANY_EXHDR(old_key), key, sealed);
+	bytea	   *resealed;
+
+	if (token == NULL)
+		return NULL;
+	resealed = token_seal(key, token, len);
+	explicit_bzero(token, len);
+	pfree(token);
+	return resealed;
 }

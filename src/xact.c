@@ -63,6 +63,7 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_class.h"
 #include "commands/dbcommands.h"
+#include "compat.h"
 #include "commands/trigger.h"
 #include "fanout.h"
 #include "executor/spi.h"
@@ -108,6 +109,7 @@ static bool callbacks_registered = false;
 static object_access_hook_type prev_object_access_hook = NULL;
 
 PG_FUNCTION_INFO_V1(token_cache_sync);
+PG_FUNCTION_INFO_V1(token_idle_sweep_at);
 
 static void
 forget_pending(void)
@@ -376,7 +378,7 @@ xact_queue_clean(const CacheDirty *flushed)
 
 	p->key = flushed->key;
 	p->generation = flushed->observed;
-	if (flushed->deadline != 0)
+	if (flushed->idle)
 		xact_queue_expire(&flushed->key, flushed->deadline);
 }
 
@@ -388,15 +390,42 @@ xact_queue_expire(const TokenKey *key, TimestampTz deadline)
 		queue_fanout(fanout_msg_expire(key, deadline));
 }
 
-/* ---- the trigger on tokenstore.token ---- */
+/* ---- the triggers on tokenstore.token ---- */
+
+static void
+check_trigger_call(FunctionCallInfo fcinfo, const char *name)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s must be called as a trigger", name)));
+}
+
+/*
+ * The number of a column of the table; an error, never a wild read, if the
+ * table has no such column (a library newer than the table's definition).
+ */
+static int
+column_number(TriggerData *trigdata, const char *name)
+{
+	int			attnum = SPI_fnumber(trigdata->tg_relation->rd_att, name);
+
+	if (attnum <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s has no column \"%s\"",
+						RelationGetRelationName(trigdata->tg_relation), name),
+				 errhint("Run ALTER EXTENSION tokenstore UPDATE in this database.")));
+	return attnum;
+}
 
 static Datum
 column(TriggerData *trigdata, HeapTuple tuple, const char *name, bool *isnull)
 {
-	TupleDesc	desc = trigdata->tg_relation->rd_att;
-
-	return heap_getattr(tuple, SPI_fnumber(desc, name), desc, isnull);
+	return heap_getattr(tuple, column_number(trigdata, name),
+						trigdata->tg_relation->rd_att, isnull);
 }
+
 
 static void
 key_of(TriggerData *trigdata, HeapTuple tuple, TokenKey *key)
@@ -418,6 +447,41 @@ timestamp_of(TriggerData *trigdata, HeapTuple tuple, const char *name,
 	return isnull ? if_null : DatumGetTimestampTz(d);
 }
 
+/*
+ * BEFORE INSERT, and BEFORE an UPDATE that moves the idle deadline earlier:
+ * idle_sweep_at becomes the idle deadline.  Uses only move the real deadline
+ * later, so it stays a lower bound that the sweep moves forward; no index
+ * covers last_used_at, so a flush is a HOT update.
+ */
+Datum
+token_idle_sweep_at(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	int			attnum;
+	Datum		idle;
+	Datum		value = (Datum) 0;
+	bool		isnull;
+
+	check_trigger_call(fcinfo, "token_idle_sweep_at");
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	idle = column(trigdata, tuple, "idle_timeout", &isnull);
+	if (!isnull)
+	{
+		TimestampTz used = timestamp_of(trigdata, tuple, "last_used_at",
+										DT_NOBEGIN);
+
+		value = TimestampTzGetDatum(token_deadline(DEADLINE_NONE,
+												   DatumGetIntervalP(idle)->time,
+												   used));
+	}
+	attnum = column_number(trigdata, "idle_sweep_at");
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple,
+													 trigdata->tg_relation->rd_att,
+													 1, &attnum, &value, &isnull));
+}
+
 static void
 values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
 {
@@ -426,9 +490,10 @@ values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
 	Datum		idle = column(trigdata, tuple, "idle_timeout", &isnull);
 
 	memset(values, 0, sizeof(*values));
-	values->user_len = VARSIZE_ANY_EXHDR(user_id);
+	/* the table's CHECK constraint guarantees at most 64 bytes */
+	values->user_len = Min(VARSIZE_ANY_EXHDR(user_id), CACHE_USER_ID_MAX);
 	memcpy(values->user_id, VARDATA_ANY(user_id), values->user_len);
-	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DT_NOEND);
+	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DEADLINE_NONE);
 	values->idle_us = isnull ? 0 : DatumGetIntervalP(idle)->time;
 }
 
@@ -437,7 +502,7 @@ values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
  * the idle one judged on the latest use, cached or written.
  */
 static TimestampTz
-row_deadline(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
+trigger_deadline(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
 			 const CacheValues *values)
 {
 	TimestampTz used;
@@ -447,7 +512,7 @@ row_deadline(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
 	used = timestamp_of(trigdata, tuple, "last_used_at", DT_NOBEGIN);
 	if (cache_enabled())
 		used = Max(used, cache_last_used(key));
-	return idle_deadline(values->expires_at, values->idle_us, used);
+	return token_deadline(values->expires_at, values->idle_us, used);
 }
 
 static void
@@ -461,7 +526,7 @@ queue_fanout_set(TriggerData *trigdata, HeapTuple tuple, const TokenKey *key,
 								isnull ? NULL : DatumGetJsonbP(info),
 								timestamp_of(trigdata, tuple, "created_at", DT_NOBEGIN),
 								values->expires_at,
-								row_deadline(trigdata, tuple, key, values)));
+								trigger_deadline(trigdata, tuple, key, values)));
 }
 
 static void
@@ -560,10 +625,7 @@ token_cache_sync(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TriggerEvent event;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("token_cache_sync must be called as a trigger")));
+	check_trigger_call(fcinfo, "token_cache_sync");
 	if (!cache_enabled() && !fanout_loaded())
 		return PointerGetDatum(NULL);
 

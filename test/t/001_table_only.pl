@@ -1,7 +1,7 @@
 # Without shared_preload_libraries, tokenstore works on its table alone:
 # every function answers, a check records the use as a table write at most
 # once per tokenstore.touch_interval, a check never waits for a transaction
-# holding the token's row, tokens survive a restart, an ordinary role can
+# holding the token's row, tokens survive a restart, the application's role can
 # call the functions but not read the table, and no token reaches the table
 # or the server log in plain text.
 use strict;
@@ -52,10 +52,13 @@ is($out, 'alice', 'and answers from what committed');
 $holder->query_safe('COMMIT');
 $holder->quit;
 
-# Privileges: an ordinary role calls the functions but cannot read the table.
-$node->safe_psql($db, 'CREATE ROLE app LOGIN');
+# Privileges: a role granted the API calls the functions but cannot read
+# the table.
+$node->safe_psql($db,
+	'CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA tokenstore TO app; '
+	  . 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO app');
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$token')", extra_params => [ '-U', 'app' ]),
-	'alice', 'an ordinary role can check tokens');
+	'alice', 'the application role can check tokens');
 ($ret, $out, $err) = $node->psql($db, 'SELECT count(*) FROM tokenstore.token',
 	extra_params => [ '-U', 'app' ]);
 like($err, qr/permission denied for table token/, 'but cannot read the table');

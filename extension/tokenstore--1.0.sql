@@ -6,6 +6,12 @@
  * resolve every name they use in pg_catalog and tokenstore only, whatever the
  * caller's search_path says (the C code pushes its own search path; a SET
  * clause here would cost more than the whole cached check).
+ *
+ * This is version 1.0, kept so that databases holding it can be updated
+ * (ALTER EXTENSION tokenstore UPDATE) and the update tested.  Its built-ins
+ * are qualified with pg_catalog, so that no function a role created earlier
+ * in the schema can stand in for one.  New installations get the current
+ * version, whose script also refuses a schema that another role created.
  */
 
 \echo Use "CREATE EXTENSION tokenstore" to load this file. \quit
@@ -19,17 +25,17 @@
  */
 CREATE TABLE tokenstore.token (
 	token_hash		bytea PRIMARY KEY
-		CHECK (octet_length(token_hash) = 32),
+		CHECK (pg_catalog.octet_length(token_hash) = 32),
 	user_id			text NOT NULL
-		CHECK (user_id <> '' AND octet_length(user_id) <= 64),
+		CHECK (user_id <> '' AND pg_catalog.octet_length(user_id) <= 64),
 	info			jsonb NOT NULL DEFAULT '{}'
-		CHECK (jsonb_typeof(info) = 'object'),
+		CHECK (pg_catalog.jsonb_typeof(info) = 'object'),
 	created_at		timestamptz NOT NULL,
 	last_used_at	timestamptz NOT NULL,
 	expires_at		timestamptz,
 	idle_timeout	interval
-		CHECK (idle_timeout > '0' AND date_part('day', idle_timeout) = 0
-			   AND date_part('month', idle_timeout) = 0),
+		CHECK (idle_timeout > '0' AND pg_catalog.date_part('day', idle_timeout) = 0
+			   AND pg_catalog.date_part('month', idle_timeout) = 0),
 	share_secret	bytea,
 	idle_sweep_at	timestamptz
 ) WITH (fillfactor = 90);
@@ -72,11 +78,11 @@ ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at_edit;
 
 /* The per-database key that encrypts share-mode tokens: 244 random bits. */
 CREATE TABLE tokenstore.secret (
-	key				bytea NOT NULL CHECK (octet_length(key) = 32),
+	key				bytea NOT NULL CHECK (pg_catalog.octet_length(key) = 32),
 	only_one		boolean PRIMARY KEY DEFAULT true CHECK (only_one)
 );
 INSERT INTO tokenstore.secret (key)
-	SELECT sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text,
+	SELECT pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.gen_random_uuid()::text || pg_catalog.gen_random_uuid()::text,
 							 'UTF8'));
 
 /* Tokens and the key belong in pg_dump's output. */

@@ -1,0 +1,352 @@
+/*
+ * tokenstore.sql: the install script of CREATE EXTENSION tokenstore, built
+ * into tokenstore--<EXTVERSION>.sql by the Makefile.
+ *
+ * The table is the truth.  Applications never touch it: they call the
+ * functions in schema tokenstore, which run as the extension's owner
+ * (SECURITY DEFINER); the C code runs its statements with the search path
+ * pinned to pg_catalog and qualifies every table and function it names (a
+ * SET clause here would cost more than the whole cached check).
+ *
+ * Nothing here trusts the search path either: every built-in is qualified
+ * with pg_catalog, every operator is written OPERATOR(pg_catalog.x), so an
+ * object that some role created before us cannot stand in for one of ours.
+ *
+ * Privileges: nothing is usable by PUBLIC.  An application's role gets
+ *   GRANT USAGE ON SCHEMA tokenstore TO app;
+ *   GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO app;
+ * and that reaches the API only: the helpers the table's triggers and the
+ * views call live in schema tokenstore_internal, which nobody but the owner
+ * may use.  Monitoring roles (pg_monitor) read the two views.
+ */
+
+\echo Use "CREATE EXTENSION tokenstore" to load this file. \quit
+
+/*
+ * Schema tokenstore must be ours: created for this extension by the role
+ * installing it (PostgreSQL creates it when missing), and empty.  A schema
+ * that another role made first could hold look-alike functions and
+ * operators, or let that role add some later.
+ */
+DO $check$
+DECLARE
+	owner_ok boolean;
+	foreign_acl boolean;
+	objects bigint;
+BEGIN
+	SELECT n.nspowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r
+											  WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER),
+		   EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
+					WHERE a.grantee OPERATOR(pg_catalog.<>) n.nspowner
+					  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')
+	  INTO owner_ok, foreign_acl
+	  FROM pg_catalog.pg_namespace n
+	 WHERE n.nspname OPERATOR(pg_catalog.=) 'tokenstore';
+	SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c
+			 WHERE c.relnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p
+			 WHERE p.pronamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type t
+			 WHERE t.typnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_operator o
+			 WHERE o.oprnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_collation c
+			 WHERE c.collnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_conversion c
+			 WHERE c.connamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
+	  INTO objects;
+	IF NOT owner_ok OR foreign_acl OR objects OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION USING
+			ERRCODE = 'insufficient_privilege',
+			MESSAGE = 'tokenstore must be installed into a schema tokenstore of its own',
+			DETAIL = pg_catalog.format('Schema tokenstore %s.',
+				CASE WHEN NOT owner_ok THEN 'belongs to another role than the one installing'
+					 WHEN foreign_acl THEN 'lets other roles create objects in it'
+					 ELSE 'already holds ' OPERATOR(pg_catalog.||) objects OPERATOR(pg_catalog.||) ' objects' END),
+			HINT = 'Drop or rename that schema (after checking what it holds), then run CREATE EXTENSION tokenstore again: it creates the schema itself.';
+	END IF;
+END
+$check$;
+
+CREATE SCHEMA tokenstore_internal;
+COMMENT ON SCHEMA tokenstore_internal IS
+	'tokenstore''s helpers for its triggers and views; not an API';
+
+/*
+ * One row per token, keyed by the SHA-256 of the token's bytes.  The token
+ * itself is never stored, except for share-mode tokens, which must be handed
+ * out again: for those share_secret holds the token sealed with the key in
+ * $PGDATA/tokenstore.key, which is not in the database (nor in its dumps).
+ * idle_timeout is kept as a plain duration (no days or months) so that
+ * every deadline is exact arithmetic.
+ *
+ * Every time is finite and at most 9999-12-31, and an idle timeout at most
+ * 72,000,000 hours (about 8,200 years): then no deadline arithmetic, in SQL
+ * or in C, can leave the range of timestamptz.
+ */
+CREATE TABLE tokenstore.token (
+	token_hash		bytea PRIMARY KEY
+		CHECK (pg_catalog.octet_length(token_hash) OPERATOR(pg_catalog.=) 32),
+	user_id			text NOT NULL
+		CHECK (user_id OPERATOR(pg_catalog.<>) ''
+			   AND pg_catalog.octet_length(user_id) OPERATOR(pg_catalog.<=) 64),
+	info			jsonb NOT NULL DEFAULT '{}'
+		CHECK (pg_catalog.jsonb_typeof(info) OPERATOR(pg_catalog.=) 'object'),
+	created_at		timestamptz NOT NULL
+		CONSTRAINT token_created_at_range CHECK (pg_catalog.isfinite(created_at)
+			AND created_at OPERATOR(pg_catalog.<) '10000-01-01 00:00:00+00'),
+	last_used_at	timestamptz NOT NULL
+		CONSTRAINT token_last_used_at_range CHECK (pg_catalog.isfinite(last_used_at)
+			AND last_used_at OPERATOR(pg_catalog.<) '10000-01-01 00:00:00+00'),
+	expires_at		timestamptz
+		CONSTRAINT token_expires_at_range CHECK (pg_catalog.isfinite(expires_at)
+			AND expires_at OPERATOR(pg_catalog.<) '10000-01-01 00:00:00+00'),
+	idle_timeout	interval
+		CONSTRAINT token_idle_timeout_range CHECK (
+			idle_timeout OPERATOR(pg_catalog.>) '0'
+			AND idle_timeout OPERATOR(pg_catalog.<=) '72000000 hours'
+			AND pg_catalog.date_part('day', idle_timeout) OPERATOR(pg_catalog.=) 0
+			AND pg_catalog.date_part('month', idle_timeout) OPERATOR(pg_catalog.=) 0),
+	share_secret	bytea,
+	idle_sweep_at	timestamptz,
+	rotated_at		timestamptz
+) WITH (fillfactor = 90);
+
+COMMENT ON TABLE tokenstore.token IS
+	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';
+COMMENT ON COLUMN tokenstore.token.expires_at IS
+	'absolute deadline (NULL: none); the idle deadline is last_used_at + idle_timeout';
+COMMENT ON COLUMN tokenstore.token.idle_sweep_at IS
+	'idle timeout only: when the sweep looks at the row next, never after its idle deadline (set by a trigger)';
+COMMENT ON COLUMN tokenstore.token.share_secret IS
+	'share-mode tokens only: the token, sealed with the key in $PGDATA/tokenstore.key';
+COMMENT ON COLUMN tokenstore.token.rotated_at IS
+	'set when token_rotate replaced the token with a grace period: its expires_at is then final';
+
+CREATE INDEX token_user_id_idx ON tokenstore.token (user_id);
+/*
+ * The sweep walks these, oldest deadline first.  No index covers
+ * last_used_at, so that the worker's flushes are HOT updates (fillfactor
+ * leaves them room); idle_sweep_at stands in for the idle deadline.
+ */
+CREATE INDEX token_expires_at_idx ON tokenstore.token (expires_at)
+	WHERE expires_at IS NOT NULL;
+CREATE INDEX token_idle_idx ON tokenstore.token (idle_sweep_at)
+	WHERE idle_sweep_at IS NOT NULL;
+
+CREATE FUNCTION tokenstore_internal.token_idle_sweep_at()
+	RETURNS trigger
+	AS 'MODULE_PATHNAME', 'token_idle_sweep_at'
+	LANGUAGE C;
+CREATE TRIGGER token_idle_sweep_at BEFORE INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_idle_sweep_at();
+/* an operator's edit may move the idle deadline earlier; a flush never does */
+CREATE TRIGGER token_idle_sweep_at_edit BEFORE UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at
+		  OR NEW.idle_timeout IS DISTINCT FROM OLD.idle_timeout)
+	EXECUTE FUNCTION tokenstore_internal.token_idle_sweep_at();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at_edit;
+
+/* Tokens belong in pg_dump's output; the sealing key does not. */
+SELECT pg_catalog.pg_extension_config_dump('tokenstore.token', '');
+
+/*
+ * The hot tier.  With tokenstore preloaded, checks record uses in shared
+ * memory; last_used() is the later of a row's stored last use and the one
+ * the cache recorded since, and the functions judge every deadline on it.
+ */
+CREATE FUNCTION tokenstore_internal.last_used(token_hash bytea, stored timestamptz)
+	RETURNS timestamptz
+	AS 'MODULE_PATHNAME', 'token_last_used'
+	LANGUAGE C VOLATILE STRICT;
+
+/*
+ * Every committed change to a row reaches the cache and Redis through these
+ * triggers (see src/xact.c).  Updates that only move last_used_at forward,
+ * as the worker's flushes do, are no change to either.  ENABLE ALWAYS: they
+ * fire under session_replication_role = replica too.
+ */
+CREATE FUNCTION tokenstore_internal.token_cache_sync()
+	RETURNS trigger
+	AS 'MODULE_PATHNAME', 'token_cache_sync'
+	LANGUAGE C;
+
+CREATE TRIGGER token_cache_update AFTER UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (OLD.token_hash IS DISTINCT FROM NEW.token_hash
+		  OR OLD.user_id IS DISTINCT FROM NEW.user_id
+		  OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+		  OR OLD.idle_timeout IS DISTINCT FROM NEW.idle_timeout
+		  OR OLD.info IS DISTINCT FROM NEW.info
+		  OR OLD.created_at IS DISTINCT FROM NEW.created_at
+		  OR NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at)
+	EXECUTE FUNCTION tokenstore_internal.token_cache_sync();
+CREATE TRIGGER token_cache_insert AFTER INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_cache_sync();
+CREATE TRIGGER token_cache_delete AFTER DELETE ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_cache_sync();
+CREATE TRIGGER token_cache_truncate AFTER TRUNCATE ON tokenstore.token
+	FOR EACH STATEMENT EXECUTE FUNCTION tokenstore_internal.token_cache_sync();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_insert;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_update;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_delete;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_truncate;
+
+/* ---- the API ---- */
+
+CREATE FUNCTION tokenstore.token_make(user_id text,
+									  info jsonb DEFAULT '{}',
+									  ttl interval DEFAULT NULL,
+									  idle_timeout interval DEFAULT NULL,
+									  mode text DEFAULT NULL,
+									  max_tokens integer DEFAULT NULL,
+									  token text DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_make'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text) IS
+	'make a token for a user (login modes multi, single, share) and return it';
+
+CREATE FUNCTION tokenstore.token_user(token text)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_user'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_user(text) IS
+	'the user id of a live token (NULL otherwise); records the use';
+
+CREATE FUNCTION tokenstore.token_check(token text,
+									   OUT user_id text,
+									   OUT info jsonb,
+									   OUT created_at timestamptz,
+									   OUT last_used_at timestamptz,
+									   OUT expires_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_check'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER ROWS 1;
+COMMENT ON FUNCTION tokenstore.token_check(text) IS
+	'one row for a live token (user, info, times), none otherwise; records the use';
+
+CREATE FUNCTION tokenstore.token_list(user_id text,
+									  OUT token_id text,
+									  OUT info jsonb,
+									  OUT created_at timestamptz,
+									  OUT last_used_at timestamptz,
+									  OUT expires_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_list'
+	LANGUAGE C VOLATILE SECURITY DEFINER ROWS 5;
+COMMENT ON FUNCTION tokenstore.token_list(text) IS
+	'the live tokens of a user, oldest first, by token_id (never the token)';
+
+CREATE FUNCTION tokenstore.token_refresh(token text, ttl interval DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_refresh'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_refresh(text, interval) IS
+	'set a live token''s absolute deadline to now + ttl; false for a dead or unknown token';
+
+CREATE FUNCTION tokenstore.token_set_info(token text, info jsonb)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_set_info'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_set_info(text, jsonb) IS
+	'replace a live token''s info; false for a dead or unknown token';
+
+CREATE FUNCTION tokenstore.token_delete(token text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_delete'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_delete(text) IS
+	'revoke a token; false if there was no live one';
+
+CREATE FUNCTION tokenstore.token_delete_id(token_id text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_delete_id'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_delete_id(text) IS
+	'revoke a token by the token_id token_list shows';
+
+CREATE FUNCTION tokenstore.token_delete_user(user_id text,
+											 keep_token text DEFAULT NULL)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_delete_user'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_delete_user(text, text) IS
+	'revoke every token of a user, or all but keep_token; how many live ones went';
+
+CREATE FUNCTION tokenstore.token_rotate(token text, grace interval DEFAULT NULL)
+	RETURNS text
+	AS 'MODULE_PATHNAME', 'token_rotate'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_rotate(text, interval) IS
+	'replace a live token by a new one; the old one dies now or after grace, which nothing extends';
+
+CREATE FUNCTION tokenstore.token_sweep()
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_sweep'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_sweep() IS
+	'delete the rows of dead tokens now; how many';
+
+CREATE FUNCTION tokenstore.token_flush()
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_flush'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_flush() IS
+	'write the cache''s last uses of this database to the table now; how many rows moved';
+
+/* ---- monitoring ---- */
+
+CREATE FUNCTION tokenstore_internal.token_stats(OUT datname text,
+												OUT cached bigint,
+												OUT dirty bigint,
+												OUT last_flush timestamptz,
+												OUT last_sweep timestamptz,
+												OUT rows_flushed bigint,
+												OUT rows_swept bigint,
+												OUT capacity bigint,
+												OUT entries bigint,
+												OUT hits bigint,
+												OUT misses bigint,
+												OUT fills bigint,
+												OUT refused bigint,
+												OUT evictions bigint)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_stats'
+	LANGUAGE C VOLATILE;
+
+CREATE VIEW tokenstore.stats AS SELECT * FROM tokenstore_internal.token_stats();
+COMMENT ON VIEW tokenstore.stats IS
+	'one row per database with tokenstore: its cache entries, its worker''s flushes and sweeps, and the cache''s counters';
+
+CREATE FUNCTION tokenstore_internal.token_redis_stats(OUT state text,
+													  OUT server text,
+													  OUT queued bigint,
+													  OUT queue_bytes bigint,
+													  OUT sent bigint,
+													  OUT errors bigint,
+													  OUT overflows bigint,
+													  OUT resyncs bigint,
+													  OUT oldest_unsent interval,
+													  OUT last_error text)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'token_redis_stats'
+	LANGUAGE C VOLATILE;
+
+CREATE VIEW tokenstore.redis_stats AS SELECT * FROM tokenstore_internal.token_redis_stats();
+COMMENT ON VIEW tokenstore.redis_stats IS
+	'the Redis mirror: off, down, resync or up, and the publisher''s counters';
+
+/* ---- privileges: nothing for PUBLIC ---- */
+
+REVOKE ALL ON SCHEMA tokenstore FROM PUBLIC;
+REVOKE ALL ON SCHEMA tokenstore_internal FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA tokenstore FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tokenstore FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tokenstore_internal FROM PUBLIC;
+GRANT USAGE ON SCHEMA tokenstore TO pg_monitor;
+GRANT SELECT ON tokenstore.stats, tokenstore.redis_stats TO pg_monitor;
+GRANT EXECUTE ON FUNCTION tokenstore_internal.token_stats(),
+	tokenstore_internal.token_redis_stats() TO pg_monitor;

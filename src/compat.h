@@ -1,0 +1,27 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *	  The differences between the PostgreSQL versions tokenstore supports
+ *	  (15, 17 and 18), in one place.
+ *
+ * Every other file includes the headers it uses directly and writes to the
+ * newest API; what an older version spells differently is mapped here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TOKENSTORE_COMPAT_H
+#define TOKENSTORE_COMPAT_H
+
+#include "storage/proc.h"
+
+/* 16 moved the varlena macros out of postgres.h */
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
+/* 17 replaced PGPROC.pgprocno by MyProcNumber */
+#if PG_VERSION_NUM < 170000
+#define MyProcNumber (MyProc->pgprocno)
+#endif
+
+#endif
