@@ -78,8 +78,12 @@ ALTER TABLE tokenstore.token
 		AND last_used_at OPERATOR(pg_catalog.<) '10000-01-01 00:00:00+00'),
 	ADD CONSTRAINT token_expires_at_range CHECK (pg_catalog.isfinite(expires_at)
 		AND expires_at OPERATOR(pg_catalog.<) '10000-01-01 00:00:00+00'),
+	DROP CONSTRAINT token_idle_timeout_check,
 	ADD CONSTRAINT token_idle_timeout_range CHECK (
-		idle_timeout OPERATOR(pg_catalog.<=) '72000000 hours'),
+		idle_timeout OPERATOR(pg_catalog.>) '0'
+		AND idle_timeout OPERATOR(pg_catalog.<=) '72000000 hours'
+		AND pg_catalog.date_part('day', idle_timeout) OPERATOR(pg_catalog.=) 0
+		AND pg_catalog.date_part('month', idle_timeout) OPERATOR(pg_catalog.=) 0),
 	ADD COLUMN rotated_at timestamptz;
 COMMENT ON COLUMN tokenstore.token.share_secret IS
 	'share-mode tokens only: the token, sealed with the key in $PGDATA/tokenstore.key';

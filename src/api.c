@@ -381,7 +381,7 @@ shared_token(const char *user_id, TimestampTz now)
 
 	if (!store_find_share(user_id, now, &key, &sealed))
 		return NULL;
-	token = token_unseal(&key, sealed);
+	token = token_unseal(store_seal_secret(), &key, sealed);
 	if (token == NULL)
 		ereport(LOG,
 				(errmsg("tokenstore cannot unseal share-mode token %s with this server's key; the login gets a new one",
@@ -422,7 +422,8 @@ token_make(PG_FUNCTION_ARGS)
 			store_end();
 			PG_RETURN_TEXT_P(cstring_to_text(existing));
 		}
-		row.share_secret = token_seal(&row.key, VARDATA_ANY(token),
+		row.share_secret = token_seal(store_seal_secret(), &row.key,
+									  VARDATA_ANY(token),
 									  VARSIZE_ANY_EXHDR(token));
 	}
 	if (mode == LOGIN_SINGLE)
@@ -726,7 +727,8 @@ token_rotate(PG_FUNCTION_ARGS)
 	row.created_at = now;
 	row.last_used_at = now;
 	if (row.share_secret != NULL)
-		row.share_secret = token_seal(&row.key, VARDATA_ANY(token),
+		row.share_secret = token_seal(store_seal_secret(), &row.key,
+									  VARDATA_ANY(token),
 									  VARSIZE_ANY_EXHDR(token));
 	if (!store_insert(&row))
 		duplicate_token_error();

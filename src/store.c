@@ -33,6 +33,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -48,6 +49,8 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -89,6 +92,7 @@ typedef enum StoreStmt
 	STMT_INSERT,
 	STMT_REVOKE_LRU,
 	STMT_FIND_SHARE,
+	STMT_SECRET_1_0,
 	STMT_REFRESH,
 	STMT_SET_INFO,
 	STMT_RETIRE,
@@ -157,6 +161,10 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"   AND rotated_at IS NULL AND " LIVE("$2")
 		" ORDER BY created_at DESC, token_hash LIMIT 1",
 		2, {TEXTOID, TIMESTAMPTZOID}
+	},
+	[STMT_SECRET_1_0] = {
+		"SELECT key FROM tokenstore.secret",
+		0, {InvalidOid}
 	},
 	/* a token in its grace period keeps its final deadline */
 	[STMT_REFRESH] = {
@@ -234,14 +242,45 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 };
 
+/*
+ * The SQL objects of version 1.0, which a database keeps from the moment
+ * this library is installed until ALTER EXTENSION tokenstore UPDATE: the
+ * helper last_used() lived in schema tokenstore, there was no rotated_at,
+ * and share-mode tokens were sealed with the key in table tokenstore.secret.
+ * Statements are rewritten for them, so that nothing stops working between
+ * the restart and the update.
+ */
+typedef enum SchemaVersion
+{
+	SCHEMA_UNKNOWN,
+	SCHEMA_1_0,
+	SCHEMA_CURRENT
+} SchemaVersion;
+
+typedef struct Rewrite
+{
+	const char *from;
+	const char *to;
+} Rewrite;
+
+static const Rewrite rewrites_1_0[] = {
+	{"tokenstore_internal.last_used(", "tokenstore.last_used("},
+	{"rotated_at IS NOT NULL", "false"},
+	{" AND rotated_at IS NULL", ""},
+	{", rotated_at = $2", ""},
+};
+
 static SPIPlanPtr plans[STMT_COUNT];
+/* the version the plans were made for, and the one installed */
+static SchemaVersion plans_schema = SCHEMA_UNKNOWN;
+static SchemaVersion schema = SCHEMA_UNKNOWN;
+static Oid	token_relid = InvalidOid;
+static bool relcache_callback_registered = false;
 
 /* Where results are copied to: the memory of the function that called us. */
 static MemoryContext caller_cxt = NULL;
 /* The GUC nest level that holds the pinned search_path. */
 static int	path_level = 0;
-/* This backend found the SQL objects at the library's version. */
-static bool version_checked = false;
 
 /* The installed version of the extension's SQL objects, or NULL. */
 static char *
@@ -273,24 +312,62 @@ installed_version(void)
 }
 
 /*
- * Refuse to run statements written for another version of the SQL objects
- * (the library was updated, ALTER EXTENSION ... UPDATE not yet run).
+ * An update or a DROP and CREATE EXTENSION changes the table (a new column,
+ * a new table): the version is read again before the next statement.
+ */
+static void
+forget_schema(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == token_relid)
+		schema = SCHEMA_UNKNOWN;
+}
+
+/*
+ * Which SQL objects the statements are written for: this library's
+ * version, or 1.0 (rewritten); any other version is an error that says
+ * what to run.
  */
 void
 store_check_version(void)
 {
 	char	   *version;
 
-	if (version_checked)
+	if (schema != SCHEMA_UNKNOWN)
 		return;
+	if (!relcache_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(forget_schema, (Datum) 0);
+		relcache_callback_registered = true;
+	}
 	version = installed_version();
-	if (version == NULL || strcmp(version, TOKENSTORE_VERSION) != 0)
+	if (version != NULL && strcmp(version, TOKENSTORE_VERSION) == 0)
+		schema = SCHEMA_CURRENT;
+	else if (version != NULL && strcmp(version, "1.0") == 0)
+		schema = SCHEMA_1_0;
+	else
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tokenstore's SQL objects are at version %s, its library at version %s",
 						version ? version : "(none)", TOKENSTORE_VERSION),
 				 errhint("Run ALTER EXTENSION tokenstore UPDATE in this database.")));
-	version_checked = true;
+	token_relid = get_relname_relid("token", get_namespace_oid("tokenstore", false));
+}
+
+/* Forget the plans made for other SQL objects than the installed ones. */
+static void
+match_plans(void)
+{
+	int			i;
+
+	if (plans_schema == schema)
+		return;
+	for (i = 0; i < STMT_COUNT; i++)
+	{
+		if (plans[i] != NULL)
+			(void) SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	plans_schema = schema;
 }
 
 /* Connect to SPI, with the pinned search path. */
@@ -298,6 +375,7 @@ void
 store_begin(void)
 {
 	store_check_version();
+	match_plans();
 	caller_cxt = CurrentMemoryContext;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -315,21 +393,50 @@ store_end(void)
 	caller_cxt = NULL;
 }
 
+/* The text of a statement for the installed SQL objects. */
+static char *
+statement_text(StoreStmt stmt)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, stmt_defs[stmt].sql);
+	if (schema != SCHEMA_1_0)
+		return buf.data;
+	for (i = 0; i < lengthof(rewrites_1_0); i++)
+	{
+		char	   *found;
+
+		while ((found = strstr(buf.data, rewrites_1_0[i].from)) != NULL)
+		{
+			char	   *rest = pstrdup(found + strlen(rewrites_1_0[i].from));
+
+			buf.len = found - buf.data;
+			buf.data[buf.len] = '\0';
+			appendStringInfo(&buf, "%s%s", rewrites_1_0[i].to, rest);
+			pfree(rest);
+		}
+	}
+	return buf.data;
+}
+
 static SPIPlanPtr
 store_plan(StoreStmt stmt)
 {
 	if (plans[stmt] == NULL)
 	{
 		const StmtDef *def = &stmt_defs[stmt];
-		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs,
-									   (Oid *) def->argtypes);
+		char	   *sql = statement_text(stmt);
+		SPIPlanPtr	plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-				 def->sql, SPI_result_code_string(SPI_result));
+				 sql, SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
 		plans[stmt] = plan;
+		pfree(sql);
 	}
 	return plans[stmt];
 }
@@ -681,6 +788,32 @@ store_find_share(const char *user_id, TimestampTz now, TokenKey *key,
 	*sealed = DatumGetByteaPCopy(column(0, 2, &isnull));
 	MemoryContextSwitchTo(old);
 	return true;
+}
+
+/*
+ * The key that seals share-mode tokens when it is not the key file's: the
+ * table's, under the SQL objects of 1.0; NULL otherwise.
+ */
+bytea *
+store_seal_secret(void)
+{
+	bool		isnull;
+	Datum		d;
+	bytea	   *secret;
+	MemoryContext old;
+
+	if (schema != SCHEMA_1_0)
+		return NULL;
+	if (store_exec(STMT_SECRET_1_0, NULL, NULL, 2) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("tokenstore.secret must hold exactly one row"),
+				 errhint("Run ALTER EXTENSION tokenstore UPDATE: the sealing key then moves to a file.")));
+	d = column(0, 1, &isnull);
+	old = MemoryContextSwitchTo(caller_cxt);
+	secret = DatumGetByteaPCopy(d);
+	MemoryContextSwitchTo(old);
+	return secret;
 }
 
 /*

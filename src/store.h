@@ -53,6 +53,7 @@ extern void store_lock_user(const char *user_id);
 extern List *store_revoke_lru(const char *user_id, TimestampTz now, int64 keep);
 extern bool store_find_share(const char *user_id, TimestampTz now,
 							 TokenKey *key, bytea **sealed);
+extern bytea *store_seal_secret(void);
 
 extern bool store_refresh(const TokenKey *key, TimestampTz now,
 						  TimestampTz expires_at);

@@ -438,20 +438,30 @@ unseal_with(const uint8 *secret, int secret_len, const TokenKey *key,
 	return token;
 }
 
-/* The sealed form of a share-mode token, for the share_secret column. */
+/*
+ * The sealed form of a share-mode token, for the share_secret column: with
+ * the key file's key, or with secret when given (the SQL objects of 1.0).
+ */
 bytea *
-token_seal(const TokenKey *key, const char *token, int len)
+token_seal(const bytea *secret, const TokenKey *key, const char *token, int len)
 {
+	if (secret != NULL)
+		return seal_with((const uint8 *) VARDATA_ANY(secret),
+						 VARSIZE_ANY_EXHDR(secret), key, token, len);
 	return seal_with(seal_key(), SEAL_KEY_BYTES, key, token, len);
 }
 
 /*
- * The token sealed in share_secret, NUL-terminated; NULL if it does not hash
- * to the key (sealed under another server's key, or edited by hand).
+ * The token sealed in share_secret (with secret, or the key file's key),
+ * NUL-terminated; NULL if it does not hash to the key: sealed under another
+ * server's key, or edited by hand.
  */
 char *
-token_unseal(const TokenKey *key, const bytea *sealed)
+token_unseal(const bytea *secret, const TokenKey *key, const bytea *sealed)
 {
+	if (secret != NULL)
+		return unseal_with((const uint8 *) VARDATA_ANY(secret),
+						   VARSIZE_ANY_EXHDR(secret), key, sealed);
 	return unseal_with(seal_key(), SEAL_KEY_BYTES, key, sealed);
 }
 
@@ -463,13 +473,12 @@ bytea *
 token_reseal_from(const bytea *old_key, const TokenKey *key, const bytea *sealed)
 {
 	int			len = VARSIZE_ANY_EXHDR(sealed);
-	char	   *token = unseal_with((const uint8 *) VARDATA_ANY(old_key),
-									VARSIZE_ANY_EXHDR(old_key), key, sealed);
+	char	   *token = token_unseal(old_key, key, sealed);
 	bytea	   *resealed;
 
 	if (token == NULL)
 		return NULL;
-	resealed = token_seal(key, token, len);
+	resealed = token_seal(NULL, key, token, len);
 	explicit_bzero(token, len);
 	pfree(token);
 	return resealed;

@@ -30,8 +30,10 @@ extern char *hex_text(const uint8 *bytes, int len);
 extern bool hex_parse(const char *hex, int n, uint8 *bytes);
 extern char *token_id_text(const TokenKey *key);
 extern bool token_id_parse(const char *id, int len, uint8 *prefix);
-extern bytea *token_seal(const TokenKey *key, const char *token, int len);
-extern char *token_unseal(const TokenKey *key, const bytea *sealed);
+extern bytea *token_seal(const bytea *secret, const TokenKey *key,
+						 const char *token, int len);
+extern char *token_unseal(const bytea *secret, const TokenKey *key,
+						  const bytea *sealed);
 extern bytea *token_reseal_from(const bytea *old_key, const TokenKey *key,
 								const bytea *sealed);
 

@@ -1,0 +1,147 @@
+# ALTER EXTENSION tokenstore UPDATE keeps every token.  Version 1.0 is
+# installed (its script is kept for this), tokens of every kind are made
+# (the three login modes, idle and absolute deadlines, uses still in the
+# cache and uses flushed to the table, the Redis mirror on), and after the
+# update each one answers as before: same user, same deadline, the shared
+# token handed out again, Redis still exact.  The tokens are made by this
+# library under the 1.0 objects, which it serves as 1.0 did (so that nothing
+# stops between installing a new library and updating); SQL objects of a
+# version it does not know are refused with a message that says what to run.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use TokenstoreRedis;
+use TokenstoreTest;
+
+my $redis = TokenstoreRedis->new;
+my $node = PostgreSQL::Test::Cluster->new('update');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'tokenstore'\n"
+	  . "tokenstore.redis_url = '" . $redis->url . "'\n"
+	  . "tokenstore.flush_interval = '200ms'\n");
+$node->start;
+my $db = 'postgres';
+$node->safe_psql($db, "CREATE EXTENSION tokenstore VERSION '1.0'");
+is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
+	'1.0', 'version 1.0 is installed');
+
+# tokens of every kind
+my %token;
+sub make
+{
+	my ($name, $args) = @_;
+	$token{$name} = $node->safe_psql($db, "SELECT tokenstore.token_make($args)");
+}
+make('multi', "'ann', '{\"device\": \"laptop\"}'");
+make('limited', "'bob', max_tokens => 2");
+make('limited2', "'bob', max_tokens => 2");
+make('single', "'cat', mode => 'single'");
+make('share', "'dan', '{\"team\": true}', mode => 'share'");
+make('ttl', "'eve', ttl => '2 days'");
+make('idle', "'fay', idle_timeout => '1 hour'");
+make('both', "'gus', ttl => '3 days', idle_timeout => '30 minutes'");
+make('cached_use', "'hal', idle_timeout => '2 hours'");
+make('given', "'ivy', token => 'a-caller-provided-session-id'");
+make('graced', "'jon'");
+$token{graced_heir} = $node->safe_psql($db,
+	"SELECT tokenstore.token_rotate('$token{graced}', grace => '1 hour')");
+
+# one use flushed to the table, one still only in the cache
+$node->safe_psql($db, "SELECT tokenstore.token_user('$token{idle}')");
+$node->safe_psql($db, 'SELECT tokenstore.token_flush()');
+$node->safe_psql($db,
+	"ALTER SYSTEM SET tokenstore.flush_interval = '1h'; SELECT pg_reload_conf()");
+sleep 1;
+$node->safe_psql($db, "SELECT tokenstore.token_user('$token{cached_use}')");
+
+# what must not change: the user a check answers, the row's deadlines and
+# creation; and the last use (cached or written) may only move forward
+my $state = "tokenstore.token_user(t) || (SELECT format('|%s|%s|%s|%s', created_at, expires_at, idle_timeout, share_secret IS NOT NULL) FROM tokenstore.token WHERE token_hash = sha256(convert_to(t, 'UTF8')))";
+my $last_use = "SELECT l.last_used_at FROM tokenstore.token_list(%s) l WHERE l.token_id = encode(substr(sha256(convert_to('%s', 'UTF8')), 1, 16), 'hex')";
+my (%before, %used);
+$before{$_} = $node->safe_psql($db, "SELECT $state FROM (SELECT '$token{$_}'::text AS t) s")
+  foreach sort keys %token;
+$used{cached_use} = $node->safe_psql($db, sprintf($last_use, "'hal'", $token{cached_use}));
+TokenstoreTest::wait_for($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up',
+	'the mirror is up');
+TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) }, '',
+	'Redis holds every 1.0 token');
+
+# Objects of a version the library does not know: refused, with what to do.
+$node->safe_psql($db, "UPDATE pg_extension SET extversion = '0.9' WHERE extname = 'tokenstore'");
+my ($ret, $out, $err) = $node->psql($db, "SELECT tokenstore.token_make('kim')");
+like($err, qr/SQL objects are at version 0\.9, its library at version 1\.1.*\n.*ALTER EXTENSION tokenstore UPDATE/,
+	'SQL objects of an unknown version: an error that says to run ALTER EXTENSION ... UPDATE');
+$node->safe_psql($db, "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'tokenstore'");
+is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')"),
+	'ann', 'and under 1.0 again, checks answer');
+($ret, $out, $err) = $node->psql($db, 'SELECT * FROM tokenstore.stats');
+is($ret, 0, 'the 1.0 stats view answers');
+
+$node->safe_psql($db, 'ALTER EXTENSION tokenstore UPDATE');
+is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
+	'1.1', 'the update reaches 1.1');
+
+foreach my $name (sort keys %token)
+{
+	is($node->safe_psql($db, "SELECT $state FROM (SELECT '$token{$name}'::text AS t) s"),
+		$before{$name}, "token '$name': same user and deadline after the update");
+}
+is($node->safe_psql($db,
+		'SELECT (' . sprintf($last_use, "'hal'", $token{cached_use}) . ") >= '$used{cached_use}'"),
+	't', 'a use only the cache knew of is still counted');
+is($node->safe_psql($db, "SELECT tokenstore.token_make('dan', mode => 'share')"),
+	$token{share}, 'the shared token is handed out again (sealed anew with the key file)');
+ok(-f $node->data_dir . '/tokenstore.key', 'the sealing key is a file in the data directory');
+is($node->safe_psql($db, "SELECT count(*) FROM pg_class WHERE relname = 'secret' AND relnamespace = 'tokenstore'::regnamespace"),
+	'0', 'the key is no longer in the database');
+is($node->safe_psql($db, "SELECT tokenstore.token_make('kim') IS NOT NULL"),
+	't', 'tokens are made again');
+TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) }, '',
+	'Redis still holds exactly the tokens');
+
+# least privilege after the update: PUBLIC's rights are gone
+$node->safe_psql($db, 'CREATE ROLE app LOGIN');
+($ret, $out, $err) = $node->psql($db, "SELECT tokenstore.token_user('$token{multi}')",
+	extra_params => [ '-U', 'app' ]);
+like($err, qr/permission denied/, 'after the update PUBLIC may not call the functions');
+$node->safe_psql($db,
+	'GRANT USAGE ON SCHEMA tokenstore TO app; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO app');
+is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')",
+		extra_params => [ '-U', 'app' ]),
+	'ann', 'the README grants give the application its rights back');
+
+# the updated schema is the one a new installation gets
+my $schema = q{
+	SELECT string_agg(format('%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY c.relname, a.attnum)
+	  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+	 WHERE c.relnamespace IN ('tokenstore'::regnamespace, 'tokenstore_internal'::regnamespace)
+	   AND a.attnum > 0 AND NOT a.attisdropped
+	UNION ALL
+	SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname) FROM pg_constraint
+	 WHERE conrelid = 'tokenstore.token'::regclass
+	UNION ALL
+	SELECT string_agg(format('%s.%s(%s) %s', pronamespace::regnamespace, proname,
+			pg_get_function_identity_arguments(oid), proacl), ', ' ORDER BY proname)
+	  FROM pg_proc WHERE pronamespace IN ('tokenstore'::regnamespace, 'tokenstore_internal'::regnamespace)
+	UNION ALL
+	SELECT string_agg(tgname || ' ' || tgenabled::text || ' ' || pg_get_triggerdef(oid), ', ' ORDER BY tgname) FROM pg_trigger
+	 WHERE tgrelid = 'tokenstore.token'::regclass
+	UNION ALL
+	SELECT string_agg(d, ', ' ORDER BY d)
+	  FROM (SELECT pg_describe_object(classid, objid, objsubid) || ' ' || coalesce(obj_description(objid, classid::regclass::name), '-') AS d
+	  FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tokenstore')
+	   AND deptype = 'e' AND classid <> 'pg_type'::regclass) members
+};
+my $updated = $node->safe_psql($db, $schema);
+$node->safe_psql($db, 'REVOKE ALL ON SCHEMA tokenstore FROM app; REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tokenstore FROM app');
+$updated = $node->safe_psql($db, $schema);
+$node->safe_psql($db, 'CREATE DATABASE fresh');
+$node->safe_psql('fresh', 'CREATE EXTENSION tokenstore');
+is($node->safe_psql('fresh', $schema), $updated,
+	'an updated database has the objects, constraints, triggers and privileges of a new one');
+
+done_testing();
