@@ -19,13 +19,19 @@ EXTENSION = tokenstore
 EXTVERSION = 1.1
 MODULE_big = tokenstore
 OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
-	src/cache.o src/xact.o src/worker.o src/fanout.o src/redis.o
+	src/cache.o src/xact.o src/registry.o src/worker.o src/fanout.o \
+	src/redis_client.o src/redis_publisher.o src/redis_resync.o
 DATA_built = tokenstore--$(EXTVERSION).sql tokenstore.control
 DATA = $(wildcard extension/tokenstore--*.sql)
 PGFILEDESC = "tokenstore - session and API-token store"
 
 PG_CPPFLAGS = -I$(srcdir)/src -DTOKENSTORE_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lhiredis
+# rediss:// where hiredis has TLS (1.0 and later, as hiredis_ssl)
+ifeq ($(shell pkg-config --exists hiredis_ssl 2>/dev/null && echo yes),yes)
+PG_CPPFLAGS += -DTOKENSTORE_TLS
+SHLIB_LINK += -lhiredis_ssl -lssl
+endif
 
 # pg_regress: sql/ and expected/ (installcheck: against a running server;
 # regresscheck, below: against a throwaway one)

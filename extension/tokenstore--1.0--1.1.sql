@@ -119,6 +119,27 @@ COMMENT ON VIEW tokenstore.stats IS
 COMMENT ON VIEW tokenstore.redis_stats IS
 	'the Redis mirror: off, down, resync or up, and the publisher''s counters';
 
+/* the Redis mirror's stats count what the publisher holds during a resync */
+DROP VIEW tokenstore.redis_stats;
+DROP FUNCTION tokenstore_internal.token_redis_stats();
+CREATE FUNCTION tokenstore_internal.token_redis_stats(OUT state text,
+													  OUT server text,
+													  OUT queued bigint,
+													  OUT queue_bytes bigint,
+													  OUT sent bigint,
+													  OUT errors bigint,
+													  OUT overflows bigint,
+													  OUT resyncs bigint,
+													  OUT oldest_unsent interval,
+													  OUT last_error text,
+													  OUT held bigint)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'token_redis_stats'
+	LANGUAGE C VOLATILE;
+CREATE VIEW tokenstore.redis_stats AS SELECT * FROM tokenstore_internal.token_redis_stats();
+COMMENT ON VIEW tokenstore.redis_stats IS
+	'the Redis mirror: off, down, resync or up, and the publisher''s counters';
+
 /* privileges: nothing for PUBLIC */
 REVOKE ALL ON SCHEMA tokenstore FROM PUBLIC;
 REVOKE ALL ON SCHEMA tokenstore_internal FROM PUBLIC;

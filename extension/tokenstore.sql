@@ -330,7 +330,8 @@ CREATE FUNCTION tokenstore_internal.token_redis_stats(OUT state text,
 													  OUT overflows bigint,
 													  OUT resyncs bigint,
 													  OUT oldest_unsent interval,
-													  OUT last_error text)
+													  OUT last_error text,
+													  OUT held bigint)
 	RETURNS record
 	AS 'MODULE_PATHNAME', 'token_redis_stats'
 	LANGUAGE C VOLATILE;

@@ -33,6 +33,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
+#include "registry.h"
 #include "worker.h"
 #include "xact.h"
 
@@ -761,7 +762,7 @@ token_sweep(PG_FUNCTION_ARGS)
 Datum
 token_flush(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_INT64(cache_enabled() ? worker_flush(tokenstore_max_cached_tokens) : 0);
+	PG_RETURN_INT64(worker_flush_all());
 }
 
 /*
@@ -795,15 +796,15 @@ timestamp_or_null(TimestampTz t, bool *isnull)
  * dbs has room for one more than the registry holds.
  */
 static int
-known_databases(WorkerDbStats *dbs)
+known_databases(RegistryDbStats *dbs)
 {
-	int			ndbs = worker_db_stats(dbs, WORKER_MAX_DATABASES);
+	int			ndbs = registry_db_stats(dbs, REGISTRY_MAX_DATABASES);
 	int			i;
 
 	for (i = 0; i < ndbs; i++)
 		if (dbs[i].dbid == MyDatabaseId)
 			return ndbs;
-	memset(&dbs[ndbs], 0, sizeof(WorkerDbStats));
+	memset(&dbs[ndbs], 0, sizeof(RegistryDbStats));
 	dbs[ndbs].dbid = MyDatabaseId;
 	return ndbs + 1;
 }
@@ -813,7 +814,7 @@ Datum
 token_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	WorkerDbStats *dbs = palloc(sizeof(WorkerDbStats) * (WORKER_MAX_DATABASES + 1));
+	RegistryDbStats *dbs = palloc(sizeof(RegistryDbStats) * (REGISTRY_MAX_DATABASES + 1));
 	int			ndbs = known_databases(dbs);
 	CacheStats	cache;
 	int			i;
@@ -862,7 +863,7 @@ redis_state(const FanoutStats *stats)
 		case FANOUT_UP:
 			break;
 	}
-	return worker_synced(stats->epoch) ? "up" : "resync";
+	return registry_synced(stats->epoch) ? "up" : "resync";
 }
 
 static Datum
@@ -878,15 +879,15 @@ token_redis_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	desc;
 	FanoutStats stats;
-	Datum		values[10];
-	bool		nulls[10] = {0};
+	Datum		values[11];
+	bool		nulls[11] = {0};
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	fanout_stats(&stats);
 	values[0] = CStringGetTextDatum(redis_state(&stats));
 	values[1] = text_or_null(stats.server, &nulls[1]);
-	values[2] = Int64GetDatum(stats.queued);
+	values[2] = Int64GetDatum(stats.queued + stats.held);
 	values[3] = Int64GetDatum(stats.queue_bytes);
 	values[4] = Int64GetDatum(stats.sent);
 	values[5] = Int64GetDatum(stats.errors);
@@ -898,6 +899,8 @@ token_redis_stats(PG_FUNCTION_ARGS)
 										TimestampTzGetDatum(GetCurrentTimestamp()),
 										TimestampTzGetDatum(stats.oldest));
 	values[9] = text_or_null(stats.last_error, &nulls[9]);
+	/* 1.0's view has no column held: a prefix of these */
+	values[10] = Int64GetDatum(stats.held);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

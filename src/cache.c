@@ -538,9 +538,6 @@ cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 		memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
 		out[n].observed = used;
 		out[n].last_used = used_time(used);
-		out[n].deadline = token_deadline(e->expires_at, e->idle_us,
-										 out[n].last_used);
-		out[n].idle = e->idle_us > 0;
 		if (++n == max)
 		{
 			hash_seq_term(&status);

@@ -33,8 +33,6 @@ typedef struct CacheDirty
 	TokenKey	key;
 	uint64		observed;		/* packed value seen, for cache_mark_clean */
 	TimestampTz last_used;
-	TimestampTz deadline;		/* the token's deadline after this use */
-	bool		idle;			/* the use moves it (an idle timeout) */
 } CacheDirty;
 
 /* Cache-wide counters, for the stats view. */

@@ -49,7 +49,7 @@
 #include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
-#include "worker.h"
+#include "registry.h"
 
 #define FANOUT_TRANCHE		"tokenstore fanout"
 /* how long a worker waits for the publisher to hold */
@@ -323,16 +323,30 @@ fanout_append_end(void)
 		SetLatch(publisher);
 }
 
-/* Redis may have missed a change: every database must resynchronise. */
+/*
+ * Redis may have missed a change: every database must resynchronise.  A
+ * new epoch is needed only once a resync has read the table in this one;
+ * before that, the resyncs to come will see the change anyway.  So an
+ * overflow storm bumps the epoch and wakes the launcher once, not at every
+ * overflowing commit.
+ */
 void
 fanout_lost(void)
 {
+	bool		bumped = false;
+
 	if (fs == NULL)
 		return;
 	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
-	fs->stats.epoch++;
+	if (fs->stats.epoch_read)
+	{
+		fs->stats.epoch++;
+		fs->stats.epoch_read = false;
+		bumped = true;
+	}
 	LWLockRelease(fs->lock);
-	worker_wake();
+	if (bumped)
+		registry_wake_launcher();
 }
 
 /* ---- the publisher ---- */
@@ -374,10 +388,13 @@ fanout_set_conn(FanoutConn conn, const char *server, const char *error)
 	if (error != NULL)
 		copy_text(fs->stats.last_error, sizeof(fs->stats.last_error), error);
 	if (new_epoch)
+	{
 		fs->stats.epoch++;
+		fs->stats.epoch_read = false;
+	}
 	LWLockRelease(fs->lock);
 	if (new_epoch)
-		worker_wake();
+		registry_wake_launcher();
 }
 
 /*
@@ -410,6 +427,16 @@ fanout_take(char *buf, Size max, bool *held)
 	}
 	LWLockRelease(fs->lock);
 	return taken;
+}
+
+/* What the publisher holds back during a resync, for the stats. */
+void
+fanout_set_held(int64 count, TimestampTz oldest)
+{
+	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
+	fs->stats.held = count;
+	fs->stats.held_oldest = oldest;
+	LWLockRelease(fs->lock);
 }
 
 void
@@ -458,6 +485,7 @@ request_hold(void)
 		fs->hold = HOLD_REQUESTED;
 		fs->hold_at = fs->head;
 		fs->hold_pid = MyProcPid;
+		fs->stats.epoch_read = true;
 		SetLatch(fs->publisher);
 	}
 	LWLockRelease(fs->lock);
@@ -540,5 +568,8 @@ fanout_stats(FanoutStats *stats)
 	if (fs->tail < fs->head)
 		ring_read(fs->tail + offsetof(FanoutMsg, committed_at),
 				  &stats->oldest, sizeof(stats->oldest));
+	if (stats->held_oldest != 0 &&
+		(stats->oldest == 0 || stats->held_oldest < stats->oldest))
+		stats->oldest = stats->held_oldest;
 	LWLockRelease(fs->lock);
 }

@@ -54,10 +54,13 @@ typedef struct FanoutStats
 {
 	FanoutConn	conn;
 	uint64		epoch;
+	bool		epoch_read;		/* a resync has read the table in this epoch */
 	char		server[256];
 	char		last_error[256];
 	int64		queued;
 	int64		queue_bytes;
+	int64		held;			/* writes the publisher holds during a resync */
+	TimestampTz held_oldest;	/* committed_at of the oldest of them; 0: none */
 	TimestampTz oldest;			/* committed_at of the oldest waiting; 0: none */
 	int64		sent;
 	int64		errors;
@@ -94,6 +97,7 @@ extern void fanout_set_conn(FanoutConn conn, const char *server,
 							const char *error);
 extern Size fanout_take(char *buf, Size max, bool *held);
 extern void fanout_count_sent(int64 commands, bool error);
+extern void fanout_set_held(int64 count, TimestampTz oldest);
 
 /* the workers' resynchronisation */
 extern bool fanout_up(uint64 *epoch);

@@ -1,5 +1,8 @@
 /*
- * redis.h: the Redis mirror's publisher and resynchronisation.
+ * redis.h: the Redis mirror, as the rest of tokenstore sees it: the
+ * publisher process (redis_publisher.c), a database's resynchronisation
+ * (redis_resync.c), and the log hook that keeps passwords out of the log
+ * (redis_client.c).
  */
 #ifndef TOKENSTORE_REDIS_H
 #define TOKENSTORE_REDIS_H

@@ -102,6 +102,7 @@ typedef enum StoreStmt
 	STMT_SWEEP_TTL,
 	STMT_SWEEP_IDLE_LATER,
 	STMT_SWEEP_IDLE,
+	STMT_FLUSH_LAGGING,
 	STMT_FLUSH,
 	STMT_LIVE_PAGE,
 	STMT_LIVE_AMONG,
@@ -223,10 +224,27 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"   ORDER BY idle_sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
+	/*
+	 * The uses the table lags, and whether it lags them by the resolution
+	 * $3 (or by a tenth of the token's idle timeout, if less): only those
+	 * are written now.
+	 */
+	[STMT_FLUSH_LAGGING] = {
+		"SELECT v.hash, s.last_used_at < v.used - CASE WHEN s.idle_timeout IS NULL THEN $3"
+		"                                          ELSE least($3, s.idle_timeout / 10) END"
+		"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(hash, used)"
+		"  JOIN tokenstore.token s ON s.token_hash = v.hash"
+		" WHERE s.last_used_at < v.used",
+		3, {BYTEAARRAYOID, TIMESTAMPTZARRAYOID, INTERVALOID}
+	},
+	/* never waits: a row another transaction holds is left for later */
 	[STMT_FLUSH] = {
 		"UPDATE tokenstore.token t SET last_used_at = v.used"
 		"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS v(hash, used)"
-		" WHERE t.token_hash = v.hash AND t.last_used_at < v.used",
+		" WHERE t.token_hash = v.hash AND t.last_used_at < v.used"
+		"   AND t.token_hash IN (SELECT s.token_hash FROM tokenstore.token s"
+		"                         WHERE s.token_hash = ANY ($1) FOR UPDATE SKIP LOCKED)"
+		" RETURNING t.token_hash, t.expires_at, t.idle_timeout, t.last_used_at",
 		2, {BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
 	},
 	[STMT_LIVE_PAGE] = {
@@ -323,34 +341,51 @@ forget_schema(Datum arg, Oid relid)
 }
 
 /*
- * Which SQL objects the statements are written for: this library's
- * version, or 1.0 (rewritten); any other version is an error that says
- * what to run.
+ * Whether the statements can be written for the installed SQL objects:
+ * this library's version, or 1.0 (rewritten).  Sets *version to the one
+ * found.
  */
-void
-store_check_version(void)
+static bool
+find_schema(char **version)
 {
-	char	   *version;
-
 	if (schema != SCHEMA_UNKNOWN)
-		return;
+		return true;
 	if (!relcache_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(forget_schema, (Datum) 0);
 		relcache_callback_registered = true;
 	}
-	version = installed_version();
-	if (version != NULL && strcmp(version, TOKENSTORE_VERSION) == 0)
+	*version = installed_version();
+	if (*version != NULL && strcmp(*version, TOKENSTORE_VERSION) == 0)
 		schema = SCHEMA_CURRENT;
-	else if (version != NULL && strcmp(version, "1.0") == 0)
+	else if (*version != NULL && strcmp(*version, "1.0") == 0)
 		schema = SCHEMA_1_0;
 	else
+		return false;
+	token_relid = get_relname_relid("token", get_namespace_oid("tokenstore", false));
+	return true;
+}
+
+bool
+store_version_ok(void)
+{
+	char	   *version;
+
+	return find_schema(&version);
+}
+
+/* Like store_version_ok, but an error that says what to run. */
+void
+store_check_version(void)
+{
+	char	   *version = NULL;
+
+	if (!find_schema(&version))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tokenstore's SQL objects are at version %s, its library at version %s",
 						version ? version : "(none)", TOKENSTORE_VERSION),
 				 errhint("Run ALTER EXTENSION tokenstore UPDATE in this database.")));
-	token_relid = get_relname_relid("token", get_namespace_oid("tokenstore", false));
 }
 
 /* Forget the plans made for other SQL objects than the installed ones. */
@@ -916,27 +951,126 @@ store_sweep(TimestampTz now, int batch)
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
 }
 
-/*
- * Write last uses collected from the cache; a row only moves forward.
- * Returns how many rows moved.
- */
-int64
-store_flush(const CacheDirty *dirty, int n)
+/* The dirty uses' hashes and times as two arrays, for the flush. */
+static void
+flush_arrays(const CacheDirty *dirty, const int *which, int n, Datum *values)
 {
-	Datum	   *hashes = palloc(sizeof(Datum) * n);
-	Datum	   *uses = palloc(sizeof(Datum) * n);
-	Datum		values[2];
+	Datum	   *hashes = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *uses = palloc(sizeof(Datum) * Max(n, 1));
 	int			i;
 
 	for (i = 0; i < n; i++)
 	{
-		hashes[i] = key_datum(&dirty[i].key);
-		uses[i] = TimestampTzGetDatum(dirty[i].last_used);
+		hashes[i] = key_datum(&dirty[which[i]].key);
+		uses[i] = TimestampTzGetDatum(dirty[which[i]].last_used);
 	}
 	values[0] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
 												false, TYPALIGN_INT));
 	values[1] = PointerGetDatum(construct_array(uses, n, TIMESTAMPTZOID,
 												sizeof(TimestampTz),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	return (int64) store_exec(STMT_FLUSH, values, NULL, 0);
+}
+
+static const CacheDirty *sort_dirty;
+
+static int
+dirty_index_cmp(const void *a, const void *b)
+{
+	return memcmp(sort_dirty[*(const int *) a].key.bytes,
+				  sort_dirty[*(const int *) b].key.bytes, sizeof(TokenKey));
+}
+
+/* The index in dirty of the key in column 1 of result row `row`. */
+static int
+result_index(const CacheDirty *dirty, const int *sorted, int n, int row)
+{
+	int			lo = 0;
+	int			hi = n - 1;
+	TokenKey	key;
+
+	key_from_column(row, 1, &key);
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		int			cmp = memcmp(key.bytes, dirty[sorted[mid]].key.bytes,
+								 sizeof(key.bytes));
+
+		if (cmp == 0)
+			return sorted[mid];
+		if (cmp < 0)
+			hi = mid - 1;
+		else
+			lo = mid + 1;
+	}
+	elog(ERROR, "tokenstore flush: a row came back that was not asked for");
+	return -1;					/* keep the compiler quiet */
+}
+
+/*
+ * Write last uses collected from the cache, where the table lags them by
+ * more than `resolution` microseconds (0: by anything): a row only moves
+ * forward, and one that another transaction holds is skipped (FLUSH_LATER:
+ * left dirty, as a use the table lags by less).  Tells for each use what
+ * happened, with the deadline of the rows written (read back from the
+ * row, so that a change committed meanwhile is not undone in Redis).
+ * Returns how many rows moved.
+ */
+int64
+store_flush(const CacheDirty *dirty, int n, int64 resolution,
+			FlushResult *results)
+{
+	int		   *sorted = palloc(sizeof(int) * Max(n, 1));
+	int		   *lagging = palloc(sizeof(int) * Max(n, 1));
+	Interval	span = {0};
+	Datum		values[3];
+	uint64		nrows;
+	uint64		nlagging;
+	uint64		written;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		sorted[i] = i;
+		results[i].outcome = FLUSH_CLEAN;
+	}
+	sort_dirty = dirty;
+	qsort(sorted, n, sizeof(int), dirty_index_cmp);
+
+	flush_arrays(dirty, sorted, n, values);
+	span.time = resolution;
+	values[2] = IntervalPGetDatum(&span);
+	nlagging = 0;
+	nrows = store_exec(STMT_FLUSH_LAGGING, values, NULL, 0);
+	for (i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+		int			index = result_index(dirty, sorted, n, i);
+
+		results[index].outcome = FLUSH_LATER;
+		if (DatumGetBool(column(i, 2, &isnull)))
+			lagging[nlagging++] = index;
+	}
+	if (nlagging == 0)
+		return 0;
+
+	flush_arrays(dirty, lagging, nlagging, values);
+	written = store_exec(STMT_FLUSH, values, NULL, 0);
+	for (i = 0; i < written; i++)
+	{
+		FlushResult *r = &results[result_index(dirty, sorted, n, i)];
+		bool		isnull;
+		Datum		d;
+		TimestampTz expires_at;
+		int64		idle_us;
+
+		d = column(i, 2, &isnull);
+		expires_at = isnull ? DEADLINE_NONE : DatumGetTimestampTz(d);
+		d = column(i, 3, &isnull);
+		idle_us = isnull ? 0 : DatumGetIntervalP(d)->time;
+		r->outcome = FLUSH_WRITTEN;
+		r->idle = idle_us > 0;
+		r->deadline = token_deadline(expires_at, idle_us,
+									 DatumGetTimestampTz(column(i, 4, &isnull)));
+	}
+	return (int64) written;
 }

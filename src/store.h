@@ -25,6 +25,21 @@ typedef struct TokenRow
 	bool		rotated;		/* replaced with a grace period: expires_at is final */
 } TokenRow;
 
+/* What a flush did with one dirty use. */
+typedef enum FlushOutcome
+{
+	FLUSH_CLEAN,				/* the table has it (or the row is gone) */
+	FLUSH_WRITTEN,				/* written: the row's deadline is below */
+	FLUSH_LATER					/* within the resolution, or the row is held */
+} FlushOutcome;
+
+typedef struct FlushResult
+{
+	FlushOutcome outcome;
+	bool		idle;			/* WRITTEN: the token has an idle timeout */
+	TimestampTz deadline;		/* WRITTEN: its deadline after the write */
+} FlushResult;
+
 /* A live token that a call revoked: what events (and caches) need of it. */
 typedef struct RevokedToken
 {
@@ -39,6 +54,7 @@ row_deadline(const TokenRow *row)
 	return token_deadline(row->expires_at, row->idle_us, row->last_used_at);
 }
 
+extern bool store_version_ok(void);
 extern void store_check_version(void);
 extern void store_begin(void);
 extern void store_end(void);
@@ -66,7 +82,8 @@ extern RevokedToken *store_delete_id(const uint8 *id_bytes, TimestampTz now);
 extern List *store_delete_user(const char *user_id, const TokenKey *keep,
 							   TimestampTz now);
 extern int64 store_sweep(TimestampTz now, int batch);
-extern int64 store_flush(const CacheDirty *dirty, int n);
+extern int64 store_flush(const CacheDirty *dirty, int n, int64 resolution,
+						 FlushResult *results);
 extern List *store_live_page(const TokenKey *after, TimestampTz now, int limit);
 extern void store_live_among(const TokenKey *keys, int n, TimestampTz now,
 							 bool *live);

@@ -20,6 +20,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "redis.h"
+#include "registry.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -43,12 +44,17 @@ bool		tokenstore_notify = false;
 int			tokenstore_max_cached_tokens = 100000;
 int			tokenstore_flush_interval = 10000;
 int			tokenstore_sweep_interval = 60;
+int			tokenstore_last_used_resolution = 60000;
 char	   *tokenstore_redis_url = NULL;
 char	   *tokenstore_redis_sentinels = NULL;
 char	   *tokenstore_redis_master_name = NULL;
 char	   *tokenstore_redis_prefix = NULL;
 int			tokenstore_redis_timeout = 1000;
+char	   *tokenstore_redis_tls_ca_file = NULL;
+char	   *tokenstore_redis_tls_cert_file = NULL;
+char	   *tokenstore_redis_tls_key_file = NULL;
 int			tokenstore_redis_queue_size = 16384;
+bool		tokenstore_debug_pause_resync = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -107,7 +113,7 @@ shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	cache_shmem_request();
-	worker_shmem_request();
+	registry_shmem_request();
 	fanout_shmem_request();
 }
 
@@ -118,7 +124,7 @@ shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cache_shmem_startup();
-	worker_shmem_startup();
+	registry_shmem_startup();
 	fanout_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -139,6 +145,13 @@ define_background_settings(void)
 							&tokenstore_sweep_interval,
 							60, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("tokenstore.last_used_resolution",
+							"How far last_used_at in the table may lag a cached token's use before the worker writes it.",
+							"Idle-timeout tokens are written when it lags a tenth of their timeout, if that is less.",
+							&tokenstore_last_used_resolution,
+							60000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 
@@ -181,6 +194,34 @@ define_redis_settings(void)
 							1000, 10, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_tls_ca_file",
+							   "Certificate authorities that sign the Redis server's certificate, for rediss:// (empty: the system's).",
+							   NULL,
+							   &tokenstore_redis_tls_ca_file,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_tls_cert_file",
+							   "Client certificate shown to Redis, for rediss:// (empty: none).",
+							   NULL,
+							   &tokenstore_redis_tls_cert_file,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.redis_tls_key_file",
+							   "Private key of the client certificate, for rediss:// (empty: none).",
+							   NULL,
+							   &tokenstore_redis_tls_key_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("tokenstore.debug_pause_resync",
+							 "For tests only: holds every resynchronisation of Redis between two pages.",
+							 NULL,
+							 &tokenstore_debug_pause_resync,
+							 false,
+							 PGC_SIGHUP, GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 }
 
 void

@@ -21,12 +21,17 @@ extern bool tokenstore_notify;
 extern int	tokenstore_max_cached_tokens;
 extern int	tokenstore_flush_interval;
 extern int	tokenstore_sweep_interval;
+extern int	tokenstore_last_used_resolution;
 extern char *tokenstore_redis_url;
 extern char *tokenstore_redis_sentinels;
 extern char *tokenstore_redis_master_name;
 extern char *tokenstore_redis_prefix;
 extern int	tokenstore_redis_timeout;
+extern char *tokenstore_redis_tls_ca_file;
+extern char *tokenstore_redis_tls_cert_file;
+extern char *tokenstore_redis_tls_key_file;
 extern int	tokenstore_redis_queue_size;
+extern bool tokenstore_debug_pause_resync;
 
 extern bool login_mode_parse(const char *name, LoginMode *mode);
 

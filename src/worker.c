@@ -2,24 +2,31 @@
  *
  * worker.c
  *	  The background: a launcher, and short-lived per-database workers that
- *	  flush last uses from the cache to the table and sweep expired rows.
+ *	  flush last uses from the cache to the table, sweep expired rows and
+ *	  write a database's tokens to Redis when the mirror needs it.
  *
  * See src/README.md for the states.  In short: the launcher connects to no
- * database; it keeps a registry of the databases that have tokenstore, drops
- * expired and least recently used entries from the cache, and every
- * tokenstore.flush_interval starts one worker per registered database, one
- * at a time.  A worker connects, flushes every dirty last use (hot tokens
- * included), sweeps expired rows in small batches when
- * tokenstore.sweep_interval has passed, and exits.  No worker stays in a
- * database, so CREATE DATABASE (from a template), ALTER DATABASE RENAME and
- * plain DROP DATABASE never find one in their way for more than a moment.
+ * database; it drops expired and least recently used entries from the cache
+ * and, every tokenstore.flush_interval, runs a worker in each database the
+ * registry knows.  A worker connects, shares its round between flushing and
+ * sweeping (each gets batches in turn, the round lasts at most half a flush
+ * interval, and it rests as long as each batch took), resynchronises Redis
+ * if the mirror needs it, and exits.  No worker stays in a database, so
+ * CREATE DATABASE, ALTER DATABASE RENAME and plain DROP DATABASE never find
+ * one in their way for more than a moment.
  *
- * The registry fills at start (a worker tries every database that accepts
- * connections, and keeps those that have the extension) and at each CREATE
- * EXTENSION (the commit wakes the launcher).  At a clean shutdown the
- * launcher writes the dirty last uses to a file, which the first workers
- * after the next start apply; after a crash at most one flush interval of
- * last uses is lost.
+ * A worker never waits for an application: its statements skip rows other
+ * transactions hold (they are taken the next round), and a lock timeout
+ * bounds any other wait (a TRUNCATE, an ALTER TABLE).  One database whose
+ * worker is slow does not hold up the others: once a worker has run for a
+ * flush interval, the launcher starts the next database's beside it.  A
+ * worker runs with its own settings (not read-only, READ COMMITTED, no
+ * synchronous commit), whatever the server's defaults are, as autovacuum
+ * does; a step that fails is logged and the round goes on with the next.
+ *
+ * At a clean shutdown the launcher writes the dirty last uses to a file,
+ * which the first workers after the next start apply; after a crash at most
+ * one flush interval of last uses is lost.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +41,7 @@
 #include "access/xact.h"
 #include "cache.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "fanout.h"
 #include "miscadmin.h"
@@ -41,56 +49,36 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "redis.h"
+#include "registry.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "storage/lwlock.h"
-#include "storage/proc.h"
-#include "storage/shmem.h"
 #include "store.h"
 #include "tokenstore.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "worker.h"
 #include "xact.h"
 
-#define WORKER_TRANCHE		"tokenstore worker"
 #define FLUSH_BATCH			10000
+/* dirty uses a round collects, at most (the rest wait for the next round) */
+#define FLUSH_ROUND_MAX		1000000
 #define SWEEP_BATCH			1000
-#define RESYNC_RETRY_MS		1000
+/* workers in flight: the one due, and one beside a slow one */
+#define MAX_RUNNING			2
 #define DUMP_FILE			"tokenstore.last_used"
 #define DUMP_TEMP			DUMP_FILE ".tmp"
+#define DUMP_MAGIC			0x746B6C75	/* "tklu" */
+#define DUMP_VERSION		1
 
-typedef enum SlotState
+/* The dump file's header: refused when it does not match. */
+typedef struct DumpHeader
 {
-	SLOT_FREE,
-	SLOT_CANDIDATE,				/* may have the extension: a worker checks */
-	SLOT_ACTIVE					/* has the extension */
-} SlotState;
-
-typedef struct DbSlot
-{
-	SlotState	state;
-	Oid			dbid;
-	TimestampTz next_run;
-	TimestampTz next_sweep;
-	TimestampTz last_flush;
-	TimestampTz last_sweep;
-	int64		rows_flushed;
-	int64		rows_swept;
-	uint32		registrations;	/* CREATE EXTENSIONs seen (see forget_unless) */
-	uint64		synced_epoch;	/* Redis holds its tokens as of this epoch */
-	TimestampTz next_resync;	/* earliest retry of a failed resync */
-} DbSlot;
-
-typedef struct WorkerShared
-{
-	LWLock	   *lock;
-	Latch	   *launcher_latch;
-	bool		dump_pending;	/* a shutdown dump waits to be applied */
-	DbSlot		slots[WORKER_MAX_DATABASES];
-} WorkerShared;
+	uint32		magic;
+	uint32		version;
+	uint32		record_size;
+} DumpHeader;
 
 /* A dumped last use: the file's record. */
 typedef struct DumpRecord
@@ -100,219 +88,112 @@ typedef struct DumpRecord
 	TimestampTz last_used;
 } DumpRecord;
 
-static WorkerShared *ws = NULL;
+/* A worker the launcher started. */
+typedef struct Running
+{
+	Oid			dbid;
+	BackgroundWorkerHandle *handle;
+	TimestampTz started;
+} Running;
 
 PGDLLEXPORT void tokenstore_launcher_main(Datum arg);
 PGDLLEXPORT void tokenstore_worker_main(Datum arg);
-
-void
-worker_shmem_request(void)
-{
-	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
-	RequestNamedLWLockTranche(WORKER_TRANCHE, 1);
-}
-
-/* Attach; the caller holds AddinShmemInitLock. */
-void
-worker_shmem_startup(void)
-{
-	bool		found;
-
-	ws = ShmemInitStruct("tokenstore worker", sizeof(WorkerShared), &found);
-	if (!found)
-	{
-		memset(ws, 0, sizeof(*ws));
-		ws->lock = &(GetNamedLWLockTranche(WORKER_TRANCHE))->lock;
-	}
-}
-
-/*
- * A tokenstore process: started once recovery is over, restarted ten
- * seconds after a failure, named by its type in pg_stat_activity.
- */
-void
-worker_describe(BackgroundWorker *worker, const char *function,
-				const char *type)
-{
-	memset(worker, 0, sizeof(*worker));
-	worker->bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker->bgw_restart_time = 10;
-	snprintf(worker->bgw_library_name, BGW_MAXLEN, "tokenstore");
-	snprintf(worker->bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(worker->bgw_name, BGW_MAXLEN, "%s", type);
-	snprintf(worker->bgw_type, BGW_MAXLEN, "%s", type);
-}
 
 void
 worker_register_launcher(void)
 {
 	BackgroundWorker worker;
 
-	worker_describe(&worker, "tokenstore_launcher_main", "tokenstore launcher");
-	worker.bgw_flags |= BGWORKER_BACKEND_DATABASE_CONNECTION;
+	registry_describe(&worker, "tokenstore_launcher_main", "tokenstore launcher");
 	RegisterBackgroundWorker(&worker);
 }
 
-/* ---- the registry ---- */
-
-static DbSlot *
-find_slot(Oid dbid)
+static TimestampTz
+ms_from(TimestampTz t, int64 ms)
 {
-	int			i;
-
-	for (i = 0; i < WORKER_MAX_DATABASES; i++)
-		if (ws->slots[i].state != SLOT_FREE && ws->slots[i].dbid == dbid)
-			return &ws->slots[i];
-	return NULL;
-}
-
-/* Add a database to check, unless known; the caller holds the lock. */
-static void
-add_candidate(Oid dbid)
-{
-	int			i;
-
-	if (find_slot(dbid) != NULL)
-		return;
-	for (i = 0; i < WORKER_MAX_DATABASES; i++)
-	{
-		DbSlot	   *slot = &ws->slots[i];
-
-		if (slot->state == SLOT_FREE)
-		{
-			memset(slot, 0, sizeof(*slot));
-			slot->state = SLOT_CANDIDATE;
-			slot->dbid = dbid;
-			return;
-		}
-	}
-}
-
-/*
- * Have the launcher check a database now (CREATE EXTENSION committed there).
- * Runs at commit time: a lock and a few stores.
- */
-void
-worker_register_db(Oid dbid)
-{
-	DbSlot	   *slot;
-
-	if (ws == NULL)
-		return;
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	add_candidate(dbid);
-	slot = find_slot(dbid);
-	if (slot != NULL)
-	{
-		slot->next_run = 0;
-		slot->registrations++;
-	}
-	if (ws->launcher_latch != NULL)
-		SetLatch(ws->launcher_latch);
-	LWLockRelease(ws->lock);
-}
-
-/* Have the launcher look at its databases now (Redis needs them written). */
-void
-worker_wake(void)
-{
-	if (ws == NULL)
-		return;
-	LWLockAcquire(ws->lock, LW_SHARED);
-	if (ws->launcher_latch != NULL)
-		SetLatch(ws->launcher_latch);
-	LWLockRelease(ws->lock);
-}
-
-/* Whether every database with tokenstore has written its tokens to Redis. */
-bool
-worker_synced(uint64 epoch)
-{
-	bool		synced = true;
-	int			i;
-
-	if (ws == NULL)
-		return true;
-	LWLockAcquire(ws->lock, LW_SHARED);
-	for (i = 0; i < WORKER_MAX_DATABASES; i++)
-		if (ws->slots[i].state == SLOT_ACTIVE && ws->slots[i].synced_epoch != epoch)
-			synced = false;
-	LWLockRelease(ws->lock);
-	return synced;
-}
-
-/* Forget a database (dropped, or without the extension). */
-void
-worker_forget_db(Oid dbid)
-{
-	DbSlot	   *slot;
-
-	if (ws == NULL)
-		return;
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = find_slot(dbid);
-	if (slot != NULL)
-		slot->state = SLOT_FREE;
-	LWLockRelease(ws->lock);
-}
-
-int
-worker_db_stats(WorkerDbStats *out, int max)
-{
-	int			i;
-	int			n = 0;
-
-	if (ws == NULL)
-		return 0;
-	LWLockAcquire(ws->lock, LW_SHARED);
-	for (i = 0; i < WORKER_MAX_DATABASES && n < max; i++)
-	{
-		DbSlot	   *slot = &ws->slots[i];
-
-		if (slot->state != SLOT_ACTIVE)
-			continue;
-		out[n].dbid = slot->dbid;
-		out[n].last_flush = slot->last_flush;
-		out[n].last_sweep = slot->last_sweep;
-		out[n].rows_flushed = slot->rows_flushed;
-		out[n].rows_swept = slot->rows_swept;
-		n++;
-	}
-	LWLockRelease(ws->lock);
-	return n;
+	return t + ms * 1000;
 }
 
 /* ---- flushing ---- */
 
 /*
- * Write up to max dirty last uses of this database to the table, in the
- * current transaction; they are marked clean when it commits.  Returns how
- * many rows moved.
+ * Write the collected dirty uses to the table, in the current transaction,
+ * and queue what their commit does: the entries written or not needing it
+ * become clean, Redis learns the moved deadlines.  A row another
+ * transaction holds is skipped and stays dirty.  Returns rows written.
+ */
+static int64
+flush_collected(CacheDirty *dirty, int n, int64 resolution)
+{
+	FlushResult *results = palloc(sizeof(FlushResult) * n);
+	int64		written = 0;
+	int			done;
+	int			i;
+
+	store_begin();
+	for (done = 0; done < n; done += FLUSH_BATCH)
+		written += store_flush(dirty + done, Min(FLUSH_BATCH, n - done),
+							   resolution, results + done);
+	store_end();
+	for (i = 0; i < n; i++)
+	{
+		if (results[i].outcome == FLUSH_LATER)
+			continue;
+		xact_queue_clean(&dirty[i].key, dirty[i].observed);
+		if (results[i].outcome == FLUSH_WRITTEN && results[i].idle)
+			xact_queue_expire(&dirty[i].key, results[i].deadline);
+	}
+	pfree(results);
+	return written;
+}
+
+/* Room for the dirty uses of one round (or one token_flush call). */
+static CacheDirty *
+dirty_array(int *max)
+{
+	*max = Min(FLUSH_ROUND_MAX, tokenstore_max_cached_tokens);
+	return MemoryContextAllocHuge(CurrentMemoryContext,
+								  sizeof(CacheDirty) * (Size) Max(*max, 1));
+}
+
+/*
+ * token_flush(): the dirty uses of this database (a million at most), now,
+ * whatever the resolution, in the caller's transaction.  Returns rows
+ * written.
  */
 int64
-worker_flush(int max)
+worker_flush_all(void)
 {
 	CacheDirty *dirty;
-	int			n;
-	int			done;
-	int64		rows = 0;
+	int			max;
+	int64		written;
 
 	if (!cache_enabled())
 		return 0;
-	dirty = palloc(sizeof(CacheDirty) * max);
-	n = cache_collect_dirty(MyDatabaseId, dirty, max);
-	store_begin();
-	for (done = 0; done < n; done += FLUSH_BATCH)
-		rows += store_flush(dirty + done, Min(FLUSH_BATCH, n - done));
-	store_end();
-	for (done = 0; done < n; done++)
-		xact_queue_clean(&dirty[done]);
+	dirty = dirty_array(&max);
+	written = flush_collected(dirty, cache_collect_dirty(MyDatabaseId, dirty, max), 0);
 	pfree(dirty);
-	return rows;
+	return written;
 }
 
 /* ---- the per-database worker ---- */
+
+/*
+ * The worker's own settings, whatever the server's defaults: it must be
+ * able to write, must not inherit a serializable default, must not wait
+ * on locks for long, and has no use for synchronous commit (a lost flush is
+ * written again, a lost sweep swept again).
+ */
+static void
+worker_settings(void)
+{
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_deferrable", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("session_replication_role", "origin", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "1s", PGC_SUSET, PGC_S_OVERRIDE);
+}
 
 static void
 begin_step(const char *what)
@@ -330,71 +211,121 @@ end_step(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-static uint32
-registrations(void)
-{
-	DbSlot	   *slot;
-	uint32		n = 0;
-
-	LWLockAcquire(ws->lock, LW_SHARED);
-	slot = find_slot(MyDatabaseId);
-	if (slot != NULL)
-		n = slot->registrations;
-	LWLockRelease(ws->lock);
-	return n;
-}
+typedef int64 (*StepFunc) (void *arg);
 
 /*
- * Forget this database, which had no extension when we looked, unless a
- * CREATE EXTENSION has committed there since (seen is the count before).
+ * Run one step in a transaction of its own; a step that fails is logged
+ * and rolled back, and the round goes on (-1 is returned).
  */
-static void
-forget_unless_registered(uint32 seen)
+static int64
+run_step(const char *what, StepFunc step, void *arg)
 {
-	DbSlot	   *slot;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int64 result = -1;
 
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = find_slot(MyDatabaseId);
-	if (slot != NULL && slot->registrations == seen)
-		slot->state = SLOT_FREE;
-	LWLockRelease(ws->lock);
+	begin_step(what);
+	PG_TRY();
+	{
+		result = step(arg);
+		end_step();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("tokenstore worker: %s failed: %s", what, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 edata->hint ? errhint("%s", edata->hint) : 0));
+		FreeErrorData(edata);
+		result = -1;
+	}
+	PG_END_TRY();
+	return result;
 }
 
-static bool
-extension_present(void)
+static int64
+extension_step(void *arg)
 {
-	bool		present;
-
-	begin_step("tokenstore: looking for the extension");
-	present = OidIsValid(get_extension_oid("tokenstore", true));
-	end_step();
-	return present;
+	return OidIsValid(get_extension_oid("tokenstore", true)) ? 1 : 0;
 }
 
-/*
- * Apply the last uses a clean shutdown left for this database.  The file is
- * opened inside the step's transaction, which would close it on an error.
- */
-static void
-apply_dump(void)
+/* Whether this library serves the database's SQL objects; said once if not. */
+static int64
+version_step(void *arg)
 {
-	FILE	   *file;
-	CacheDirty *batch;
+	if (store_version_ok())
+		return 1;
+	if (registry_first_version_error(MyDatabaseId))
+		ereport(LOG,
+				(errmsg("tokenstore does not flush, sweep or mirror database \"%s\" until ALTER EXTENSION tokenstore UPDATE is run there",
+						get_database_name(MyDatabaseId))));
+	return 0;
+}
+
+typedef struct FlushStep
+{
+	CacheDirty *dirty;
+	int			n;
+} FlushStep;
+
+static int64
+flush_step(void *arg)
+{
+	FlushStep  *f = arg;
+
+	return flush_collected(f->dirty, f->n,
+						   (int64) tokenstore_last_used_resolution * 1000);
+}
+
+static int64
+sweep_step(void *arg)
+{
+	int64		swept;
+
+	store_begin();
+	swept = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH);
+	store_end();
+	return swept;
+}
+
+/* The last uses a clean shutdown left for this database. */
+static int64
+dump_step(void *arg)
+{
+	FILE	   *file = AllocateFile(DUMP_FILE, PG_BINARY_R);
+	DumpHeader	header;
 	DumpRecord	rec;
+	CacheDirty *batch;
+	FlushResult *results;
 	int			n = 0;
 
-	begin_step("tokenstore: applying last uses saved at shutdown");
-	file = AllocateFile(DUMP_FILE, PG_BINARY_R);
 	if (file == NULL)
 	{
 		if (errno != ENOENT)
 			ereport(LOG,
 					(errcode_for_file_access(),
 					 errmsg("could not read \"%s\": %m", DUMP_FILE)));
-		end_step();
-		return;
+		return 0;
+	}
+	if (fread(&header, sizeof(header), 1, file) != 1 ||
+		header.magic != DUMP_MAGIC || header.version != DUMP_VERSION ||
+		header.record_size != sizeof(DumpRecord))
+	{
+		ereport(LOG,
+				(errmsg("tokenstore ignores \"%s\": it was not written by this version of tokenstore",
+						DUMP_FILE)));
+		(void) FreeFile(file);
+		return 0;
 	}
 	batch = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
+	results = palloc(sizeof(FlushResult) * FLUSH_BATCH);
 	store_begin();
 	while (fread(&rec, sizeof(rec), 1, file) == 1)
 	{
@@ -404,101 +335,20 @@ apply_dump(void)
 		batch[n].last_used = rec.last_used;
 		if (++n == FLUSH_BATCH)
 		{
-			store_flush(batch, n);
+			(void) store_flush(batch, n, 0, results);
 			n = 0;
 		}
 	}
 	if (n > 0)
-		store_flush(batch, n);
+		(void) store_flush(batch, n, 0, results);
 	store_end();
 	(void) FreeFile(file);
-	pfree(batch);
-	end_step();
+	return 1;
 }
 
 /*
- * Record a run.  A sweep that ran out of time stays due: the next run, one
- * flush interval later, goes on with it.
- */
-static void
-record_run(TimestampTz now, int64 flushed, bool swept, bool sweep_done,
-		   int64 rows_swept)
-{
-	DbSlot	   *slot;
-
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = find_slot(MyDatabaseId);
-	if (slot != NULL)
-	{
-		slot->state = SLOT_ACTIVE;
-		slot->last_flush = now;
-		slot->rows_flushed += flushed;
-		if (swept)
-		{
-			slot->last_sweep = now;
-			slot->rows_swept += rows_swept;
-			if (sweep_done)
-				slot->next_sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
-		}
-	}
-	LWLockRelease(ws->lock);
-}
-
-static bool
-sweep_due(TimestampTz now)
-{
-	DbSlot	   *slot;
-	bool		due;
-
-	LWLockAcquire(ws->lock, LW_SHARED);
-	slot = find_slot(MyDatabaseId);
-	due = slot != NULL && slot->next_sweep <= now;
-	LWLockRelease(ws->lock);
-	return due;
-}
-
-/* Whether this database must write its tokens to Redis, as of *epoch. */
-static bool
-resync_due(uint64 *epoch)
-{
-	DbSlot	   *slot;
-	bool		due;
-
-	if (!fanout_up(epoch))
-		return false;
-	LWLockAcquire(ws->lock, LW_SHARED);
-	slot = find_slot(MyDatabaseId);
-	due = slot != NULL && slot->synced_epoch != *epoch;
-	LWLockRelease(ws->lock);
-	return due;
-}
-
-/*
- * Write the database's live tokens to Redis; once done, the database is in
- * sync as of the epoch read before (a newer one means another round).
- */
-static void
-resync(void)
-{
-	uint64		epoch;
-	bool		done;
-	DbSlot	   *slot;
-
-	if (!resync_due(&epoch))
-		return;
-	begin_step("tokenstore: writing the tokens to Redis");
-	done = redis_resync_db();
-	end_step();
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	slot = find_slot(MyDatabaseId);
-	if (slot != NULL && done)
-		slot->synced_epoch = epoch;
-	LWLockRelease(ws->lock);
-}
-
-/*
- * Between batches, rest as long as the last one took: a long flush or sweep
- * then takes at most about half a core from the sessions checking tokens.
+ * Between batches, rest as long as the last one took: background work then
+ * takes at most about half a core from the sessions checking tokens.
  */
 static void
 yield_after(TimestampTz started)
@@ -508,6 +358,77 @@ yield_after(TimestampTz started)
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 Min(ms, 1000), PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * One round: flush and sweep take batches in turn until both are done, for
+ * at most half a flush interval, so that neither starves the other under
+ * load and other databases get their turn.
+ */
+static void
+worker_round(RegistryRun *run)
+{
+	TimestampTz until = ms_from(run->started, tokenstore_flush_interval / 2);
+	FlushStep	flush;
+	int			max;
+	int			flushed_upto = 0;
+	bool		sweeping = registry_sweep_due(MyDatabaseId, run->started);
+
+	flush.dirty = dirty_array(&max);
+	flush.n = cache_enabled() ?
+		cache_collect_dirty(MyDatabaseId, flush.dirty, max) : 0;
+	run->swept = sweeping;
+	while ((flushed_upto < flush.n || sweeping) && !ShutdownRequestPending)
+	{
+		TimestampTz started = GetCurrentTimestamp();
+
+		if (flushed_upto < flush.n)
+		{
+			FlushStep	batch = {flush.dirty + flushed_upto,
+			Min(FLUSH_BATCH, flush.n - flushed_upto)};
+			int64		n = run_step("tokenstore: flushing last uses",
+									 flush_step, &batch);
+
+			run->flushed += Max(0, n);
+			flushed_upto += batch.n;
+		}
+		if (sweeping)
+		{
+			int64		n = run_step("tokenstore: sweeping expired tokens",
+									 sweep_step, NULL);
+
+			run->rows_swept += Max(0, n);
+			sweeping = n > 0;
+			run->sweep_done = n == 0;
+		}
+		if (GetCurrentTimestamp() >= until)
+			break;
+		yield_after(started);
+	}
+	pfree(flush.dirty);
+}
+
+/*
+ * Write the database's live tokens to Redis if the mirror needs them; once
+ * done, the database is in sync as of the epoch read before (a newer one
+ * means another round).
+ */
+static int64
+resync_step(void *arg)
+{
+	return redis_resync_db() ? 1 : 0;
+}
+
+static void
+worker_resync(void)
+{
+	uint64		epoch;
+
+	if (!fanout_up(&epoch) || !registry_resync_due(MyDatabaseId, epoch))
+		return;
+	if (run_step("tokenstore: writing the tokens to Redis", resync_step, NULL) == 1)
+		registry_record_synced(MyDatabaseId, epoch);
 }
 
 void
@@ -515,70 +436,34 @@ tokenstore_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
 	uint32		seen;
-	TimestampTz now;
-	int64		flushed = 0;
-	int64		swept = 0;
-	int64		n;
-	bool		sweeping;
-	bool		sweep_done = false;
-	TimestampTz sweep_until;
+	RegistryRun run = {0};
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	worker_settings();
 
 	/*
 	 * No extension: nothing to do here.  Its cache entries went when it was
 	 * dropped (the DROP purges at commit), and purging now could remove
 	 * those of an extension created again since we looked.
 	 */
-	seen = registrations();
-	if (!extension_present())
+	seen = registry_registrations(MyDatabaseId);
+	if (run_step("tokenstore: looking for the extension", extension_step, NULL) != 1)
 	{
-		forget_unless_registered(seen);
+		registry_forget_unless(MyDatabaseId, seen);
 		proc_exit(0);
 	}
-	if (ws->dump_pending)
-		apply_dump();
+	if (run_step("tokenstore: checking the extension's version", version_step, NULL) != 1)
+		proc_exit(0);
+	if (registry_dump_waiting())
+		(void) run_step("tokenstore: applying last uses saved at shutdown", dump_step, NULL);
 
-	now = GetCurrentTimestamp();
-	do
-	{
-		TimestampTz started = GetCurrentTimestamp();
-
-		begin_step("tokenstore: flushing last uses");
-		n = worker_flush(FLUSH_BATCH);
-		end_step();
-		flushed += n;
-		if (n == FLUSH_BATCH)
-			yield_after(started);
-	} while (n == FLUSH_BATCH && !ShutdownRequestPending);
-
-	/* half a flush interval at most, so that other databases get their turn */
-	sweep_until = GetCurrentTimestamp() + (int64) tokenstore_flush_interval * 500;
-	sweeping = sweep_due(now);
-	while (sweeping && !ShutdownRequestPending)
-	{
-		TimestampTz started = GetCurrentTimestamp();
-
-		begin_step("tokenstore: sweeping expired tokens");
-		store_begin();
-		n = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH);
-		store_end();
-		end_step();
-		swept += n;
-		if (n == 0)
-		{
-			sweep_done = true;
-			break;
-		}
-		if (GetCurrentTimestamp() >= sweep_until)
-			break;
-		yield_after(started);
-	}
-	record_run(now, flushed, sweeping, sweep_done, swept);
-	resync();
+	run.started = GetCurrentTimestamp();
+	worker_round(&run);
+	registry_record_run(MyDatabaseId, &run);
+	worker_resync();
 	proc_exit(0);
 }
 
@@ -595,111 +480,97 @@ discover_databases(void)
 	StartTransactionCommand();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
 		if (db->datallowconn && !db->datistemplate)
-			add_candidate(db->oid);
+			registry_add_candidate(db->oid);
 	}
-	LWLockRelease(ws->lock);
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 }
 
-/* Start a worker for one database and wait until it is done. */
-static void
-run_worker(Oid dbid)
+/* Start a worker for one database; false if none could be started. */
+static bool
+start_worker(Running *r, Oid dbid)
 {
 	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	pid_t		pid;
 
-	worker_describe(&worker, "tokenstore_worker_main", "tokenstore worker");
-	worker.bgw_flags |= BGWORKER_BACKEND_DATABASE_CONNECTION;
+	registry_describe(&worker, "tokenstore_worker_main", "tokenstore worker");
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_name, BGW_MAXLEN, "tokenstore worker for database %u", dbid);
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
 	worker.bgw_notify_pid = MyProcPid;
-
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	if (!RegisterDynamicBackgroundWorker(&worker, &r->handle))
 	{
 		ereport(LOG,
 				(errmsg("tokenstore could not start a worker for database %u", dbid),
-				 errhint("Raise max_worker_processes: tokenstore needs three.")));
-		return;
+				 errhint("Raise max_worker_processes: tokenstore needs four.")));
+		return false;
 	}
-	if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-		(void) WaitForBackgroundWorkerShutdown(handle);
-	pfree(handle);
+	r->dbid = dbid;
+	r->started = GetCurrentTimestamp();
+	return true;
 }
 
-/* Run the workers that are due; returns when the next one is. */
-static TimestampTz
-run_due_workers(void)
+/* Forget the workers that have exited. */
+static void
+reap_workers(Running *running)
 {
-	TimestampTz next = GetCurrentTimestamp() +
-		(int64) tokenstore_flush_interval * 1000;
+	int			i;
 
-	for (;;)
+	for (i = 0; i < MAX_RUNNING; i++)
 	{
-		TimestampTz now = GetCurrentTimestamp();
-		Oid			dbid = InvalidOid;
-		uint64		epoch;
-		bool		redis_up = fanout_up(&epoch);
-		int			i;
+		pid_t		pid;
 
-		LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-		for (i = 0; i < WORKER_MAX_DATABASES; i++)
+		if (running[i].handle != NULL &&
+			GetBackgroundWorkerPid(running[i].handle, &pid) == BGWH_STOPPED)
 		{
-			DbSlot	   *slot = &ws->slots[i];
-			TimestampTz due = slot->next_run;
-
-			if (slot->state == SLOT_FREE)
-				continue;
-			if (redis_up && slot->state == SLOT_ACTIVE &&
-				slot->synced_epoch != epoch)
-				due = Min(due, slot->next_resync);
-			if (due <= now && !OidIsValid(dbid))
-			{
-				dbid = slot->dbid;
-				slot->next_run = now + (int64) tokenstore_flush_interval * 1000;
-				slot->next_resync = now + RESYNC_RETRY_MS * 1000;
-				due = Min(slot->next_run, slot->next_resync);
-			}
-			next = Min(next, due);
+			pfree(running[i].handle);
+			running[i].handle = NULL;
 		}
-		LWLockRelease(ws->lock);
-		if (!OidIsValid(dbid) || ShutdownRequestPending)
-			return next;
-		run_worker(dbid);
-		CHECK_FOR_INTERRUPTS();
 	}
 }
 
 /*
- * After a reload: a shortened interval takes effect now, not after the wait
- * the old one scheduled.
+ * Start the worker that is due next, if one may start: none runs, or the
+ * one running has had a whole flush interval (a slow database must not hold
+ * up the others).  Returns when to look again; *idle when nothing is due
+ * and nothing runs.
  */
-static void
-apply_intervals(void)
+static TimestampTz
+start_due_worker(Running *running, bool *idle)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz run = now + (int64) tokenstore_flush_interval * 1000;
-	TimestampTz sweep = now + (int64) tokenstore_sweep_interval * USECS_PER_SEC;
+	TimestampTz next = ms_from(now, tokenstore_flush_interval);
+	Running    *free_lane = NULL;
+	Oid			busy = InvalidOid;
+	uint64		epoch;
+	bool		redis_up = fanout_up(&epoch);
+	Oid			dbid;
 	int			i;
 
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	for (i = 0; i < WORKER_MAX_DATABASES; i++)
+	*idle = false;
+	for (i = 0; i < MAX_RUNNING; i++)
 	{
-		DbSlot	   *slot = &ws->slots[i];
+		TimestampTz slow_at = ms_from(running[i].started, tokenstore_flush_interval);
 
-		slot->next_run = Min(slot->next_run, run);
-		slot->next_sweep = Min(slot->next_sweep, sweep);
+		if (running[i].handle == NULL)
+			free_lane = free_lane ? free_lane : &running[i];
+		else if (now < slow_at)
+			return Min(next, slow_at);
+		else
+			busy = running[i].dbid;
 	}
-	LWLockRelease(ws->lock);
+	if (free_lane == NULL)
+		return next;
+	dbid = registry_next_due(now, redis_up, epoch, busy, &next);
+	*idle = !OidIsValid(dbid) && !OidIsValid(busy);
+	if (OidIsValid(dbid))
+		(void) start_worker(free_lane, dbid);
+	return next;
 }
 
 /* Save the dirty last uses of every database for the next start. */
@@ -707,13 +578,16 @@ static void
 dump_dirty(void)
 {
 	CacheDirty *dirty;
+	DumpHeader	header = {DUMP_MAGIC, DUMP_VERSION, sizeof(DumpRecord)};
 	FILE	   *file;
 	int			n;
 	int			i;
+	bool		ok;
 
 	if (!cache_enabled())
 		return;
-	dirty = palloc(sizeof(CacheDirty) * tokenstore_max_cached_tokens);
+	dirty = MemoryContextAllocHuge(CurrentMemoryContext,
+								   sizeof(CacheDirty) * (Size) tokenstore_max_cached_tokens);
 	n = cache_collect_dirty(InvalidOid, dirty, tokenstore_max_cached_tokens);
 	if (n == 0)
 		return;
@@ -725,17 +599,17 @@ dump_dirty(void)
 				 errmsg("could not write \"%s\": %m", DUMP_TEMP)));
 		return;
 	}
-	for (i = 0; i < n; i++)
+	ok = fwrite(&header, sizeof(header), 1, file) == 1;
+	for (i = 0; ok && i < n; i++)
 	{
 		DumpRecord	rec;
 
 		rec.dbid = dirty[i].dbid;
 		memcpy(rec.hash, dirty[i].key.bytes, sizeof(rec.hash));
 		rec.last_used = dirty[i].last_used;
-		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
-			break;
+		ok = fwrite(&rec, sizeof(rec), 1, file) == 1;
 	}
-	if (FreeFile(file) != 0 || i < n)
+	if (FreeFile(file) != 0 || !ok)
 	{
 		ereport(LOG,
 				(errcode_for_file_access(),
@@ -748,49 +622,64 @@ dump_dirty(void)
 			(errmsg("tokenstore saved %d last uses for the next start", n)));
 }
 
+/* After a reload: a shortened interval takes effect now. */
+static void
+reload(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	registry_reschedule(ms_from(now, tokenstore_flush_interval),
+						now + (int64) tokenstore_sweep_interval * USECS_PER_SEC);
+}
+
 void
 tokenstore_launcher_main(Datum arg)
 {
+	Running		running[MAX_RUNNING] = {{0}};
+	TimestampTz next_maintenance = 0;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	ws->launcher_latch = MyLatch;
-	ws->dump_pending = access(DUMP_FILE, F_OK) == 0;
-	LWLockRelease(ws->lock);
+	registry_attach_launcher(MyLatch, access(DUMP_FILE, F_OK) == 0);
 	discover_databases();
 
 	while (!ShutdownRequestPending)
 	{
+		TimestampTz now = GetCurrentTimestamp();
 		TimestampTz next;
-		long		wait_ms;
+		bool		idle;
 
-		if (cache_enabled())
-			cache_maintain(GetCurrentTimestamp());
-		next = run_due_workers();
-		if (ws->dump_pending)
+		/* on the launcher's own clock, never because a commit woke it */
+		if (now >= next_maintenance && cache_enabled())
 		{
-			ws->dump_pending = false;
+			cache_maintain(now);
+			next_maintenance = ms_from(now, tokenstore_flush_interval);
+		}
+		reap_workers(running);
+		next = start_due_worker(running, &idle);
+		if (cache_enabled())
+			next = Min(next, next_maintenance);
+		/* every database has had its first round: the dump is applied */
+		if (idle && registry_dump_waiting())
+		{
+			registry_dump_applied();
 			unlink(DUMP_FILE);
 		}
-		wait_ms = Max(0, (next - GetCurrentTimestamp()) / 1000);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 wait_ms, PG_WAIT_EXTENSION);
+						 Max(1, (next - GetCurrentTimestamp()) / 1000),
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			apply_intervals();
-		}
+			reload();
 	}
 
-	LWLockAcquire(ws->lock, LW_EXCLUSIVE);
-	ws->launcher_latch = NULL;
-	LWLockRelease(ws->lock);
+	registry_detach_launcher();
 	dump_dirty();
 	proc_exit(0);
 }

@@ -72,7 +72,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
-#include "worker.h"
+#include "registry.h"
 #include "xact.h"
 
 #define PENDING_MAX 65536
@@ -148,10 +148,10 @@ apply_pending(void)
 				if (cache_enabled())
 					cache_purge_db(p->dbid);
 				if (p->dbid != MyDatabaseId)
-					worker_forget_db(p->dbid);
+					registry_forget_db(p->dbid);
 				break;
 			case PENDING_REGISTER:
-				worker_register_db(p->dbid);
+				registry_register_db(p->dbid);
 				break;
 			case PENDING_FANOUT:
 				break;
@@ -370,16 +370,14 @@ queue_fanout(FanoutMsg *msg)
 		queue(PENDING_FANOUT)->msg = msg;
 }
 
-/* A flushed last use: mark it clean, and move its idle deadline in Redis. */
+/* A flushed last use (the packed value observed): mark it clean. */
 void
-xact_queue_clean(const CacheDirty *flushed)
+xact_queue_clean(const TokenKey *key, uint64 observed)
 {
 	Pending    *p = queue(PENDING_CLEAN);
 
-	p->key = flushed->key;
-	p->generation = flushed->observed;
-	if (flushed->idle)
-		xact_queue_expire(&flushed->key, flushed->deadline);
+	p->key = *key;
+	p->generation = observed;
 }
 
 /* A use written to the table moved an idle deadline. */

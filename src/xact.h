@@ -12,7 +12,7 @@ extern bool xact_has_token_changes(void);
 extern bool xact_may_fill(void);
 extern void xact_queue_fill(const TokenKey *key, const CacheValues *values,
 							TimestampTz created_at);
-extern void xact_queue_clean(const CacheDirty *flushed);
+extern void xact_queue_clean(const TokenKey *key, uint64 observed);
 extern void xact_queue_expire(const TokenKey *key, TimestampTz deadline);
 
 #endif

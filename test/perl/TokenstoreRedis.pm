@@ -42,9 +42,11 @@ END
 	$_->stop foreach values %running;
 }
 
-# new(password => TEXT, replicaof => TokenstoreRedis, name => TEXT): start a
-# redis-server and return once it answers PING (for a replica: once its link
-# to the master is up).
+# new(password => TEXT, replicaof => TokenstoreRedis, name => TEXT,
+# tls => 1): start a redis-server and return once it answers PING (for a
+# replica: once its link to the master is up).  With tls, it also listens
+# with TLS on tls_port, with a certificate of a test authority made for it
+# (ca_file); redis-cli keeps using the plain port.
 sub new
 {
 	my ($class, %opt) = @_;
@@ -55,6 +57,12 @@ sub new
 		port => PostgreSQL::Test::Cluster::get_free_port(),
 		dir => Cwd::abs_path(PostgreSQL::Test::Utils::tempdir('redis')),
 	}, $class;
+
+	if ($opt{tls})
+	{
+		$self->{tls_port} = PostgreSQL::Test::Cluster::get_free_port();
+		_make_certificates($self->{dir});
+	}
 
 	$self->_start;
 	if ($self->{replicaof})
@@ -87,6 +95,36 @@ sub sentinel
 }
 
 sub port { return $_[0]->{port}; }
+sub tls_port { return $_[0]->{tls_port}; }
+sub ca_file { return "$_[0]->{dir}/ca.crt"; }
+
+# tls_url(): the rediss:// URL of this server's TLS port, database 0.
+sub tls_url
+{
+	my ($self) = @_;
+	return "rediss://127.0.0.1:$self->{tls_port}/0";
+}
+
+# A test authority and a server certificate it signs, in DIR.
+sub _make_certificates
+{
+	my ($dir) = @_;
+
+	foreach my $cmd (
+		[ 'openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+			'-subj', '/CN=tokenstore test CA', '-keyout', "$dir/ca.key", '-out', "$dir/ca.crt" ],
+		[ 'openssl', 'req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1',
+			'-keyout', "$dir/server.key", '-out', "$dir/server.csr" ],
+		[ 'openssl', 'x509', '-req', '-days', '2', '-in', "$dir/server.csr",
+			'-CA', "$dir/ca.crt", '-CAkey', "$dir/ca.key", '-CAcreateserial',
+			'-out', "$dir/server.crt" ])
+	{
+		my ($out, $err) = ('', '');
+		IPC::Run::run($cmd, '<', \undef, '>', \$out, '2>', \$err)
+		  or die "@$cmd failed: $err";
+	}
+	return;
+}
 sub pid { return $_[0]->{pid}; }
 sub password { return $_[0]->{password}; }
 
@@ -366,6 +404,10 @@ sub _start
 		# No persistence: a restart starts empty.  A master with replicas
 		# must not wait for them when told to stop.
 		push @conf, q{save ""}, 'appendonly no', 'shutdown-timeout 0';
+		push @conf, "tls-port $self->{tls_port}",
+		  "tls-cert-file $dir/server.crt", "tls-key-file $dir/server.key",
+		  "tls-ca-cert-file $dir/ca.crt", 'tls-auth-clients no'
+		  if $self->{tls_port};
 		push @conf, 'requirepass ' . _quote($self->{password})
 		  if defined $self->{password};
 		# A master may become a replica after a failover: it then needs the

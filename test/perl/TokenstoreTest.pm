@@ -4,6 +4,9 @@
 #
 # starts a fresh cluster (tokenstore preloaded unless preload => 0, the
 # given extra settings appended) with the extension created in "postgres".
+# Its worker writes every cached use at its next flush
+# (tokenstore.last_used_resolution = 0), so that tests need not wait a
+# minute for one; a test of the resolution sets its own.
 # Servers belong to PostgreSQL::Test::Cluster, which stops them at exit,
 # also when a test dies.
 package TokenstoreTest;
@@ -24,7 +27,8 @@ sub node
 
 	$node->init;
 	$node->append_conf('postgresql.conf',
-		"shared_preload_libraries = 'tokenstore'\n") if $preload;
+		"shared_preload_libraries = 'tokenstore'\n"
+		  . "tokenstore.last_used_resolution = 0\n") if $preload;
 	$node->append_conf('postgresql.conf', $opt{conf}) if $opt{conf};
 	$node->start;
 	$node->safe_psql($opt{db} // 'postgres', 'CREATE EXTENSION tokenstore');

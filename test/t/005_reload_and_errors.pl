@@ -73,7 +73,7 @@ my $deadline = $start + $PostgreSQL::Test::Utils::timeout_default;
 while (time < $deadline)
 {
 	my @lines = TokenstoreTest::log_since($node, $offset) =~
-	  /ERROR:\s+tokenstore-test: flush refused/g;
+	  /tokenstore worker: .* failed: tokenstore-test: flush refused/g;
 	$elapsed = time - $start;
 	$errors = @lines;
 	last if $errors >= 5;

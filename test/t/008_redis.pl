@@ -204,10 +204,10 @@ my @leaks = grep { my $m = $_; grep { index($m, $_) >= 0 } @tokens } $events->me
 is(scalar(@leaks), 0, 'no event carries a token') or diag(join("\n", @leaks));
 
 # ---- the sweep ----
-my $short = make(q{'short', ttl => '1 s'});
+my $short = make(q{'short', ttl => '5 s'});
 my $short_keep = make(q{'short'});
 TokenstoreRedis::wait_redis(sub { members('short') },
-	join(' ', sort(key($short), key($short_keep))), 'a token with ttl 1 s is written');
+	join(' ', sort(key($short), key($short_keep))), 'a token with ttl 5 s is written');
 TokenstoreTest::wait_for($node, $db,
 	"SELECT count(*) FROM tokenstore.token WHERE user_id = 'short'",
 	'1', 'the sweep deletes its row');

@@ -1,0 +1,92 @@
+# pg_upgrade keeps every token.  A cluster of the previous major
+# (TOKENSTORE_UPGRADE_FROM: its installation, with tokenstore built for it;
+# test/run.sh provides it: 15 beside 17, 17 beside 18) holds tokens of every
+# kind in two databases, uses in the cache and in the table; it is upgraded
+# to this major with pg_upgrade, following the README (tokenstore installed
+# for the new major first, $PGDATA/tokenstore.key copied into the new data
+# directory).  Afterwards every token answers with the same user and
+# deadline, share-mode logins hand out the same tokens, and the worker and
+# the cache run.
+use strict;
+use warnings;
+use File::Copy ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use TokenstoreTest;
+
+my $old_install = $ENV{TOKENSTORE_UPGRADE_FROM};
+plan skip_all => 'no older major to upgrade from (TOKENSTORE_UPGRADE_FROM unset: test/run.sh sets it where one is installed)'
+  unless $old_install;
+
+my $old = PostgreSQL::Test::Cluster->new('old', install_path => $old_install);
+$old->init;
+$old->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'tokenstore'\ntokenstore.flush_interval = '1h'\n");
+$old->start;
+my @dbs = ('postgres', 'second');
+$old->safe_psql('postgres', 'CREATE DATABASE second');
+my %token;
+my $state = "tokenstore.token_user(t) || (SELECT format('|%s|%s|%s|%s', created_at, expires_at, idle_timeout, share_secret IS NOT NULL) FROM tokenstore.token WHERE token_hash = sha256(convert_to(t, 'UTF8')))";
+my %before;
+foreach my $db (@dbs)
+{
+	$old->safe_psql($db, 'CREATE EXTENSION tokenstore');
+	foreach my $kind (
+		[ multi => "'ann', '{\"device\": \"laptop\"}'" ],
+		[ single => "'bob', mode => 'single'" ],
+		[ share => "'cat', mode => 'share'" ],
+		[ ttl => "'dan', ttl => '2 days'" ],
+		[ idle => "'eve', idle_timeout => '1 hour'" ],
+		[ given => "'fay', token => 'a-caller-provided-token-$db'" ])
+	{
+		my ($name, $args) = @$kind;
+		$token{$db}{$name} = $old->safe_psql($db, "SELECT tokenstore.token_make($args)");
+	}
+	$old->safe_psql($db, "SELECT tokenstore.token_user('$token{$db}{idle}')");
+	$old->safe_psql($db, 'SELECT tokenstore.token_flush()');
+	$old->safe_psql($db, "SELECT tokenstore.token_user('$token{$db}{multi}')");
+	$before{$db}{$_} = $old->safe_psql($db,
+		"SELECT $state FROM (SELECT '$token{$db}{$_}'::text AS t) s")
+	  foreach keys %{ $token{$db} };
+}
+my $old_version = $old->safe_psql('postgres', 'SHOW server_version_num');
+$old->stop;
+
+my $new = PostgreSQL::Test::Cluster->new('new');
+$new->init;
+$new->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'tokenstore'\ntokenstore.flush_interval = '200ms'\n");
+File::Copy::copy($old->data_dir . '/tokenstore.key', $new->data_dir . '/tokenstore.key')
+  or die "could not copy the sealing key: $!";
+chmod 0600, $new->data_dir . '/tokenstore.key';
+
+my $workdir = PostgreSQL::Test::Utils::tempdir('pg_upgrade');
+chdir $workdir;
+command_ok(
+	[
+		'pg_upgrade', '--no-sync',
+		'-d', $old->data_dir, '-D', $new->data_dir,
+		'-b', $old->config_data('--bindir'), '-B', $new->config_data('--bindir'),
+		'-s', $new->host, '-p', $old->port, '-P', $new->port,
+	],
+	"pg_upgrade from $old_version");
+$new->start;
+
+foreach my $db (@dbs)
+{
+	foreach my $name (sort keys %{ $token{$db} })
+	{
+		is($new->safe_psql($db, "SELECT $state FROM (SELECT '$token{$db}{$name}'::text AS t) s"),
+			$before{$db}{$name}, "$db: token '$name' answers with the same user and deadline");
+	}
+	is($new->safe_psql($db, "SELECT tokenstore.token_make('cat', mode => 'share')"),
+		$token{$db}{share}, "$db: the shared token is handed out again (the key file was copied)");
+	is($new->safe_psql($db, "SELECT tokenstore.token_user(tokenstore.token_make('gus'))"),
+		'gus', "$db: new tokens are made and checked");
+	TokenstoreTest::wait_for($new, $db,
+		"SELECT last_flush IS NOT NULL AND hits > 0 FROM tokenstore.stats WHERE datname = current_database()",
+		't', "$db: the worker runs and the cache answers");
+}
+
+done_testing();
