@@ -443,6 +443,14 @@ token_make(PG_FUNCTION_ARGS)
 
 /* ---- checks ---- */
 
+/* A use written to a row moved its idle deadline: Redis must follow. */
+static void
+expire_in_redis(const TokenKey *key, const RowDeadline *written)
+{
+	if (written->idle_us > 0)
+		xact_queue_expire(key, written->deadline);
+}
+
 /*
  * Record a use of a live token found in the table: in its cache entry, or in
  * a new one if this transaction may fill the cache (the generation was read
@@ -453,6 +461,7 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 		   uint64 generation)
 {
 	CacheValues values;
+	RowDeadline written;
 
 	if (cache_enabled())
 	{
@@ -463,9 +472,8 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 			return;
 	}
 	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000 &&
-		store_touch(&row->key, now) && row->idle_us > 0)
-		xact_queue_expire(&row->key,
-						  token_deadline(row->expires_at, row->idle_us, now));
+		store_touch(&row->key, now, &written))
+		expire_in_redis(&row->key, &written);
 }
 
 /*
@@ -594,13 +602,24 @@ token_refresh(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	TokenKey	key;
 	TimestampTz deadline = arg_ttl(fcinfo, 1, now);
+	RowDeadline written;
 	bool		done;
 
 	if (!arg_token(fcinfo, 0, &key))
 		PG_RETURN_BOOL(false);
 	store_begin();
-	done = store_refresh(&key, now, deadline);
+	done = store_refresh(&key, now, deadline, &written);
 	store_end();
+
+	/*
+	 * The refresh is a use: the cache must know it, and Redis learns the idle
+	 * deadline it moved even when the absolute one stayed (the row's trigger
+	 * then has nothing to say).
+	 */
+	if (done && cache_enabled())
+		(void) cache_record_use(&key, now);
+	if (done)
+		expire_in_redis(&key, &written);
 	PG_RETURN_BOOL(done);
 }
 

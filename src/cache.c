@@ -587,11 +587,13 @@ age_bucket(TimestampTz now, TimestampTz last_used)
 
 /*
  * Collect the keys to drop: expired entries, and, when the cache is above
- * its high watermark, clean entries in buckets of age >= cutoff.
+ * its high watermark, clean entries in buckets of age > cutoff and `quota`
+ * of those in the cutoff bucket (enough to reach the low watermark, not the
+ * whole bucket).
  */
 static int
-collect_victims(TimestampTz now, int cutoff, CacheKey *victims, int max,
-				int64 *age_counts)
+collect_victims(TimestampTz now, int cutoff, int64 quota, CacheKey *victims,
+				int max, int64 *age_counts)
 {
 	HASH_SEQ_STATUS status;
 	CacheEntry *e;
@@ -604,11 +606,15 @@ collect_victims(TimestampTz now, int cutoff, CacheKey *victims, int max,
 		uint64		used = pg_atomic_read_u64(&e->used);
 		int			bucket = age_bucket(now, used_time(used));
 		bool		dead = !entry_live(e, used_time(used), now);
+		bool		old_enough = (used & 1) == 0 &&
+			(bucket > cutoff || (bucket == cutoff && quota > 0));
 
 		if (age_counts != NULL && !dead && (used & 1) == 0)
 			age_counts[bucket]++;
-		if (dead || ((used & 1) == 0 && bucket >= cutoff))
+		if (dead || old_enough)
 		{
+			if (!dead && bucket == cutoff)
+				quota--;
 			victims[n++] = e->key;
 			if (n == max)
 			{
@@ -667,18 +673,19 @@ cache_maintain(TimestampTz now)
 	int64		dropped = 0;
 
 	/* first pass: expired entries, and the ages of the clean ones */
-	n = collect_victims(now, AGE_BUCKETS, victims, max, age_counts);
+	n = collect_victims(now, AGE_BUCKETS, 0, victims, max, age_counts);
 	if (entries - n > high)
 	{
 		int64		excess = entries - n - low;
 
+		/* the oldest buckets whole, and of the next what is still needed */
 		for (cutoff = AGE_BUCKETS - 1; cutoff > 0; cutoff--)
 		{
-			excess -= age_counts[cutoff];
-			if (excess <= 0)
+			if (excess <= age_counts[cutoff])
 				break;
+			excess -= age_counts[cutoff];
 		}
-		n = collect_victims(now, cutoff, victims, max, NULL);
+		n = collect_victims(now, cutoff, excess, victims, max, NULL);
 	}
 	for (i = 0; i < n; i++)
 		dropped += drop_victim(&victims[i], now, cutoff) ? 1 : 0;

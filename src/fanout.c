@@ -7,12 +7,19 @@
  * The queue protocol
  * ------------------
  * - A transaction builds its messages as its rows change (the row trigger,
- *   a flush), in its own memory; at XACT_EVENT_COMMIT it appends them all
- *   under the queue's lock, or none: when they do not fit, the queue has
- *   overflowed.  Appending is a memcpy, nothing that allocates or fails.
- *   The commit is visible before the callback runs and the row locks are
- *   released after it, so the queue holds the changes of each token in
- *   commit order.
+ *   a flush), in its own memory.  Just before it commits
+ *   (XACT_EVENT_PRE_COMMIT) it appends them all as one block, marked
+ *   pending, or none: when they do not fit, the queue has overflowed.  At
+ *   XACT_EVENT_COMMIT it marks the block committed; should it abort after
+ *   all, aborted.  The publisher takes blocks in order and stops at a pending
+ *   one.  So the queue holds the changes in the order the transactions
+ *   became ready to commit, which is their commit order wherever it
+ *   matters: a transaction that changes a token after another did either
+ *   waited for that one's row lock (released after its commit callbacks) or
+ *   saw its row, committed, hence after its PRE_COMMIT.  (Appending at
+ *   XACT_EVENT_COMMIT alone would let a revocation of a token just made be
+ *   queued before the token.)  Appending and marking are a memcpy and a
+ *   store under the queue's lock, nothing that allocates or fails.
  * - Changes are queued only while the publisher is connected.  Whenever
  *   Redis may have missed a change (the publisher connected: it was off,
  *   down, or a batch failed; the queue overflowed; a transaction changed
@@ -68,6 +75,8 @@ typedef struct FanoutShared
 	Latch	   *publisher;		/* NULL while no publisher runs */
 	uint64		head;			/* next byte to write */
 	uint64		tail;			/* next byte to read */
+	uint64		resets;			/* times what was queued was forgotten */
+	uint32		block_off;		/* taken so far of the block at tail */
 	HoldState	hold;
 	uint64		hold_at;
 	pid_t		hold_pid;
@@ -75,6 +84,22 @@ typedef struct FanoutShared
 	Size		size;
 	char		ring[FLEXIBLE_ARRAY_MEMBER];
 } FanoutShared;
+
+/* A transaction's messages in the ring, behind this header. */
+typedef struct BlockHeader
+{
+	uint32		len;			/* of the block, header included */
+	uint32		state;			/* BlockState */
+	uint32		nmsgs;
+	uint32		padding;
+} BlockHeader;
+
+typedef enum BlockState
+{
+	BLOCK_PENDING,				/* the transaction has not committed yet */
+	BLOCK_COMMITTED,
+	BLOCK_ABORTED				/* skipped */
+} BlockState;
 
 static FanoutShared *fs = NULL;
 static char *my_datname = NULL;
@@ -281,43 +306,64 @@ ring_read(uint64 pos, void *dst, Size len)
 }
 
 /*
- * Take the lock for appending total bytes.  False (and the lock not held)
- * when the publisher is not connected (its next connection starts a new
- * epoch) or they do not fit (Redis has lost them: the epoch moves on now).
+ * Append a transaction's n messages as one pending block (at PRE_COMMIT).
+ * False when the publisher is not connected (its next connection starts a
+ * new epoch) or they do not fit (Redis has lost them: the epoch moves on).
  */
 bool
-fanout_append_begin(Size total)
+fanout_reserve(FanoutMsg **msgs, int n, FanoutReservation *r)
 {
+	BlockHeader header = {sizeof(BlockHeader), BLOCK_PENDING, n, 0};
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	Assert(n > 0);
+	for (i = 0; i < n; i++)
+		header.len += msgs[i]->len;
 	if (!fanout_active())
 		return false;
 	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
-	if (fs->stats.conn != FANOUT_UP)
+	if (fs->stats.conn != FANOUT_UP || header.len > fs->size - (fs->head - fs->tail))
 	{
+		bool		overflow = fs->stats.conn == FANOUT_UP;
+
+		if (overflow)
+			fs->stats.overflows++;
 		LWLockRelease(fs->lock);
+		if (overflow)
+			fanout_lost();
 		return false;
 	}
-	if (total <= fs->size - (fs->head - fs->tail))
-		return true;
-	fs->stats.overflows++;
+	r->pos = fs->head;
+	r->resets = fs->resets;
+	ring_write(fs->head, &header, sizeof(header));
+	fs->head += sizeof(header);
+	for (i = 0; i < n; i++)
+	{
+		msgs[i]->committed_at = now;
+		ring_write(fs->head, msgs[i], msgs[i]->len);
+		fs->head += msgs[i]->len;
+	}
+	fs->stats.queued += n;
 	LWLockRelease(fs->lock);
-	fanout_lost();
-	return false;
+	return true;
 }
 
+/*
+ * The transaction of a reserved block committed (at XACT_EVENT_COMMIT: no
+ * allocation, no ERROR) or aborted.  A block the queue forgot meanwhile
+ * (the connection was lost) is left alone.
+ */
 void
-fanout_append(FanoutMsg *msg, TimestampTz now)
+fanout_resolve(const FanoutReservation *r, bool committed)
 {
-	msg->committed_at = now;
-	ring_write(fs->head, msg, msg->len);
-	fs->head += msg->len;
-	fs->stats.queued++;
-}
+	uint32		state = committed ? BLOCK_COMMITTED : BLOCK_ABORTED;
+	Latch	   *publisher;
 
-void
-fanout_append_end(void)
-{
-	Latch	   *publisher = fs->publisher;
-
+	LWLockAcquire(fs->lock, LW_EXCLUSIVE);
+	if (r->resets == fs->resets)
+		ring_write(r->pos + offsetof(BlockHeader, state), &state, sizeof(state));
+	publisher = fs->publisher;
 	LWLockRelease(fs->lock);
 	if (publisher != NULL)
 		SetLatch(publisher);
@@ -381,6 +427,8 @@ fanout_set_conn(FanoutConn conn, const char *server, const char *error)
 	if (conn != FANOUT_UP)
 	{
 		fs->tail = fs->head;
+		fs->block_off = 0;
+		fs->resets++;
 		fs->stats.queued = 0;
 	}
 	fs->stats.conn = conn;
@@ -398,9 +446,11 @@ fanout_set_conn(FanoutConn conn, const char *server, const char *error)
 }
 
 /*
- * Copy whole messages, at most max bytes, out of the queue.  While a worker
- * asks to hold, only those queued before its request; once those are sent,
- * the rest, with *held set: they must wait until the worker is done.
+ * Copy whole messages of committed blocks, at most max bytes, out of the
+ * queue, up to the first pending block; aborted blocks are skipped.  While
+ * a worker asks to hold, only those queued before its request; once those
+ * are sent, the rest, with *held set: they must wait until the worker is
+ * done.
  */
 Size
 fanout_take(char *buf, Size max, bool *held)
@@ -415,15 +465,30 @@ fanout_take(char *buf, Size max, bool *held)
 	limit = fs->hold == HOLD_REQUESTED ? fs->hold_at : fs->head;
 	while (fs->tail < limit)
 	{
+		BlockHeader header;
 		uint32		len;
 
-		ring_read(fs->tail, &len, sizeof(len));
-		if (taken + len > max)
+		ring_read(fs->tail, &header, sizeof(header));
+		if (header.state == BLOCK_PENDING)
 			break;
-		ring_read(fs->tail, buf + taken, len);
-		fs->tail += len;
-		taken += len;
-		fs->stats.queued--;
+		if (fs->block_off == 0)
+			fs->block_off = sizeof(header);
+		if (header.state == BLOCK_ABORTED)
+			fs->stats.queued -= header.nmsgs;
+		else
+		{
+			ring_read(fs->tail + fs->block_off, &len, sizeof(len));
+			if (taken + len > max)
+				break;
+			ring_read(fs->tail + fs->block_off, buf + taken, len);
+			taken += len;
+			fs->block_off += len;
+			fs->stats.queued--;
+			if (fs->block_off < header.len)
+				continue;
+		}
+		fs->tail += header.len;
+		fs->block_off = 0;
 	}
 	LWLockRelease(fs->lock);
 	return taken;
@@ -566,7 +631,8 @@ fanout_stats(FanoutStats *stats)
 	*stats = fs->stats;
 	stats->queue_bytes = fs->head - fs->tail;
 	if (fs->tail < fs->head)
-		ring_read(fs->tail + offsetof(FanoutMsg, committed_at),
+		ring_read(fs->tail + Max(fs->block_off, sizeof(BlockHeader)) +
+				  offsetof(FanoutMsg, committed_at),
 				  &stats->oldest, sizeof(stats->oldest));
 	if (stats->held_oldest != 0 &&
 		(stats->oldest == 0 || stats->held_oldest < stats->oldest))

@@ -42,6 +42,13 @@ typedef struct FanoutMsg
 #define fanout_msg_user(m)	((m)->data + (m)->db_len)
 #define fanout_msg_value(m) ((m)->data + (m)->db_len + (m)->user_len)
 
+/* Where a transaction's messages wait in the queue until it commits. */
+typedef struct FanoutReservation
+{
+	uint64		pos;			/* of its block */
+	uint64		resets;			/* the queue's resets when it was made */
+} FanoutReservation;
+
 typedef enum FanoutConn
 {
 	FANOUT_OFF,					/* not configured */
@@ -86,9 +93,8 @@ extern FanoutMsg *fanout_msg_expire(const TokenKey *key, TimestampTz deadline);
 extern FanoutMsg *fanout_msg_remove(const TokenKey *key, const char *user_id,
 									int user_len);
 extern FanoutMsg *fanout_msg_purge(const char *datname);
-extern bool fanout_append_begin(Size total);
-extern void fanout_append(FanoutMsg *msg, TimestampTz now);
-extern void fanout_append_end(void);
+extern bool fanout_reserve(FanoutMsg **msgs, int n, FanoutReservation *r);
+extern void fanout_resolve(const FanoutReservation *r, bool committed);
 extern void fanout_lost(void);
 
 /* the publisher */

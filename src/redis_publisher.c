@@ -198,9 +198,12 @@ reconfigure(Publisher *pub)
 
 	if (pub->settings == NULL || strcmp(now, pub->settings) != 0)
 	{
+		/* another server or prefix: it gets everything, by a new epoch */
 		if (pub->c != NULL)
 			redisFree(pub->c);
 		pub->c = NULL;
+		forget_held(pub);
+		fanout_set_conn(FANOUT_DOWN, NULL, NULL);
 		drop_subscription(pub);
 		pub->last_logged[0] = '\0';
 		pub->backoff = BACKOFF_MIN_MS;

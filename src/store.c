@@ -133,7 +133,8 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"UPDATE tokenstore.token SET last_used_at = $2"
 		" WHERE token_hash = (SELECT token_hash FROM tokenstore.token"
 		"                      WHERE token_hash = $1 FOR UPDATE SKIP LOCKED)"
-		"   AND last_used_at < $2",
+		"   AND last_used_at < $2"
+		" RETURNING expires_at, idle_timeout, last_used_at",
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
 	[STMT_LIST] = {
@@ -171,7 +172,8 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	[STMT_REFRESH] = {
 		"UPDATE tokenstore.token"
 		"   SET expires_at = $3, last_used_at = greatest(" LAST_USED ", $2)"
-		" WHERE token_hash = $1 AND rotated_at IS NULL AND " LIVE("$2"),
+		" WHERE token_hash = $1 AND rotated_at IS NULL AND " LIVE("$2")
+		" RETURNING expires_at, idle_timeout, last_used_at",
 		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[STMT_SET_INFO] = {
@@ -591,15 +593,41 @@ store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row)
 }
 
 /*
- * Record a use at `now`; true if it was written.  Skipped in read-only
- * transactions (and on a standby).  Under REPEATABLE READ and SERIALIZABLE
- * another session's touch committing between our snapshot and our lock
- * would be a serialization failure; losing that race only means someone
- * else recorded the use, so the touch runs in a subtransaction and such a
- * failure is swallowed.
+ * The deadline of the row a statement changed (RETURNING expires_at,
+ * idle_timeout, last_used_at): what Redis must expire the key at.
+ */
+static void
+changed_deadline(RowDeadline *out)
+{
+	bool		isnull;
+	Datum		d = column(0, 1, &isnull);
+	TimestampTz expires_at = isnull ? DEADLINE_NONE : DatumGetTimestampTz(d);
+
+	d = column(0, 2, &isnull);
+	out->idle_us = isnull ? 0 : DatumGetIntervalP(d)->time;
+	out->deadline = token_deadline(expires_at, out->idle_us,
+								   DatumGetTimestampTz(column(0, 3, &isnull)));
+}
+
+static bool
+touch(Datum *values, RowDeadline *out)
+{
+	if (store_exec(STMT_TOUCH, values, NULL, 0) == 0)
+		return false;
+	changed_deadline(out);
+	return true;
+}
+
+/*
+ * Record a use at `now`; true if it was written, with the row's deadline in
+ * *out.  Skipped in read-only transactions (and on a standby).  Under
+ * REPEATABLE READ and SERIALIZABLE another session's touch committing
+ * between our snapshot and our lock would be a serialization failure;
+ * losing that race only means someone else recorded the use, so the touch
+ * runs in a subtransaction and such a failure is swallowed.
  */
 bool
-store_touch(const TokenKey *key, TimestampTz now)
+store_touch(const TokenKey *key, TimestampTz now, RowDeadline *out)
 {
 	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
 	MemoryContext cxt = CurrentMemoryContext;
@@ -609,13 +637,13 @@ store_touch(const TokenKey *key, TimestampTz now)
 	if (XactReadOnly)
 		return false;
 	if (!IsolationUsesXactSnapshot())
-		return store_exec(STMT_TOUCH, values, NULL, 0) > 0;
+		return touch(values, out);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		written = store_exec(STMT_TOUCH, values, NULL, 0) > 0;
+		written = touch(values, out);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -853,16 +881,21 @@ store_seal_secret(void)
 
 /*
  * Set a live token's absolute deadline (DEADLINE_NONE: none) and record a
- * use; false if it is dead, or in the grace period of a rotation.
+ * use, the row's deadline then in *out; false if it is dead, or in the
+ * grace period of a rotation.
  */
 bool
-store_refresh(const TokenKey *key, TimestampTz now, TimestampTz expires_at)
+store_refresh(const TokenKey *key, TimestampTz now, TimestampTz expires_at,
+			  RowDeadline *out)
 {
 	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
 	TimestampTzGetDatum(expires_at)};
 	char		nulls[3] = {' ', ' ', expires_at == DEADLINE_NONE ? 'n' : ' '};
 
-	return store_exec(STMT_REFRESH, values, nulls, 0) > 0;
+	if (store_exec(STMT_REFRESH, values, nulls, 0) == 0)
+		return false;
+	changed_deadline(out);
+	return true;
 }
 
 /* Replace a live token's info; false if dead. */

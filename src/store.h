@@ -40,6 +40,13 @@ typedef struct FlushResult
 	TimestampTz deadline;		/* WRITTEN: its deadline after the write */
 } FlushResult;
 
+/* The deadline of a row a statement changed. */
+typedef struct RowDeadline
+{
+	int64		idle_us;		/* its idle timeout, 0: none */
+	TimestampTz deadline;
+} RowDeadline;
+
 /* A live token that a call revoked: what events (and caches) need of it. */
 typedef struct RevokedToken
 {
@@ -61,7 +68,7 @@ extern void store_end(void);
 
 extern bool store_find(const TokenKey *key, TimestampTz now, TokenRow *row);
 extern bool store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row);
-extern bool store_touch(const TokenKey *key, TimestampTz now);
+extern bool store_touch(const TokenKey *key, TimestampTz now, RowDeadline *out);
 extern List *store_list(const char *user_id, TimestampTz now);
 
 extern bool store_insert(const TokenRow *row);
@@ -72,7 +79,7 @@ extern bool store_find_share(const char *user_id, TimestampTz now,
 extern bytea *store_seal_secret(void);
 
 extern bool store_refresh(const TokenKey *key, TimestampTz now,
-						  TimestampTz expires_at);
+						  TimestampTz expires_at, RowDeadline *out);
 extern bool store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info);
 extern void store_retire(const TokenKey *key, TimestampTz now,
 						 TimestampTz deadline);

@@ -235,7 +235,7 @@ _PG_init(void)
 							   NULL,
 							   &tokenstore_token_prefix,
 							   "tks_",
-							   PGC_USERSET, 0,
+							   PGC_SIGHUP, 0,
 							   check_token_prefix, NULL, NULL);
 	DefineCustomIntVariable("tokenstore.default_ttl",
 							"Absolute lifetime of a token made without a ttl (0: none).",

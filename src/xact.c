@@ -34,10 +34,10 @@
  *   the table before the commit cannot fill the cache with what it read.
  *   The transaction's row locks are released only after this, so a later
  *   change to the same row is applied after ours.
- * - A transaction with queued actions reads tokens from the table, never the
- *   cache (which does not show its own changes yet), and no transaction that
- *   has written anything fills the cache (it might have inserted the row
- *   itself).
+ * - A transaction that changed rows of the table (not merely recorded a
+ *   use) reads tokens from the table, never the cache (which does not show
+ *   its own changes yet), and no transaction that has written anything fills
+ *   the cache (it might have inserted the row itself).
  * - PREPARE TRANSACTION is refused once tokens changed: a prepared
  *   transaction commits later, in another process, without our callbacks.
  * - A transaction that queues more than PENDING_MAX actions purges its
@@ -55,24 +55,30 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "cache.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
-#include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "commands/dbcommands.h"
-#include "compat.h"
 #include "commands/trigger.h"
-#include "fanout.h"
+#include "compat.h"
 #include "executor/spi.h"
+#include "fanout.h"
 #include "miscadmin.h"
+#include "registry.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
-#include "registry.h"
 #include "xact.h"
 
 #define PENDING_MAX 65536
@@ -105,6 +111,11 @@ static Pending *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
 static bool fanout_missed = false;
+/* the transaction's messages wait in the queue for its commit */
+static bool reserved = false;
+static FanoutReservation reservation;
+/* a row of the table changed in this transaction (not just a last use) */
+static bool rows_changed = false;
 static bool callbacks_registered = false;
 static object_access_hook_type prev_object_access_hook = NULL;
 
@@ -118,6 +129,7 @@ forget_pending(void)
 	npending = 0;
 	maxpending = 0;
 	fanout_missed = false;
+	rows_changed = false;
 }
 
 static void
@@ -159,26 +171,34 @@ apply_pending(void)
 	}
 }
 
-/* Append the transaction's messages for Redis to the shared queue. */
+/*
+ * Just before the commit: queue the transaction's messages for Redis, as a
+ * block the publisher does not take until the commit says so (see
+ * fanout.c for why not at the commit itself).
+ */
 static void
-publish_pending(void)
+reserve_pending(void)
 {
-	Size		total = 0;
-	TimestampTz now;
+	FanoutMsg **msgs = palloc(sizeof(FanoutMsg *) * Max(npending, 1));
+	int			n = 0;
 	int			i;
 
-	if (fanout_missed && fanout_active())
+	for (i = 0; i < npending; i++)
+		if (pending[i].kind == PENDING_FANOUT)
+			msgs[n++] = pending[i].msg;
+	reserved = n > 0 && fanout_reserve(msgs, n, &reservation);
+	pfree(msgs);
+}
+
+/* The commit (or abort) of the reserved block, and a missed change. */
+static void
+resolve_pending(bool committed)
+{
+	if (reserved)
+		fanout_resolve(&reservation, committed);
+	reserved = false;
+	if (committed && fanout_missed && fanout_active())
 		fanout_lost();
-	for (i = 0; i < npending; i++)
-		if (pending[i].kind == PENDING_FANOUT)
-			total += pending[i].msg->len;
-	if (total == 0 || !fanout_append_begin(total))
-		return;
-	now = GetCurrentTimestamp();
-	for (i = 0; i < npending; i++)
-		if (pending[i].kind == PENDING_FANOUT)
-			fanout_append(pending[i].msg, now);
-	fanout_append_end();
 }
 
 static void
@@ -193,15 +213,19 @@ xact_callback(XactEvent event, void *arg)
 						 errmsg("cannot PREPARE a transaction that has changed tokenstore tokens"),
 						 errdetail("The token cache is updated when a transaction commits in its own session.")));
 			break;
+		case XACT_EVENT_PRE_COMMIT:
+			reserve_pending();
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			apply_pending();
-			publish_pending();
+			resolve_pending(true);
 			forget_pending();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			resolve_pending(false);
 			forget_pending();
 			break;
 		default:
@@ -311,17 +335,29 @@ queue(PendingKind kind)
 	return p;
 }
 
+/* The transaction changed rows of the table: at its end this is forgotten. */
+static void
+mark_rows_changed(void)
+{
+	register_callbacks();
+	rows_changed = true;
+}
+
 bool
 xact_has_token_changes(void)
 {
-	return npending > 0;
+	return rows_changed;
 }
 
-/* Whether a check may fill the cache with what it reads from the table. */
+/*
+ * Whether a check may fill the cache with what it reads from the table: not
+ * in a transaction that has written anything (it might have inserted the
+ * row itself).
+ */
 bool
 xact_may_fill(void)
 {
-	return npending == 0 && !TransactionIdIsValid(GetTopTransactionIdIfAny());
+	return !rows_changed && !TransactionIdIsValid(GetTopTransactionIdIfAny());
 }
 
 void
@@ -610,6 +646,8 @@ queue_delete(TriggerData *trigdata)
 static void
 queue_purge(Oid dbid)
 {
+	if (dbid == MyDatabaseId)
+		mark_rows_changed();
 	if (cache_enabled() || dbid != MyDatabaseId)
 		queue(PENDING_PURGE)->dbid = dbid;
 	if (fanout_wanted())
@@ -624,6 +662,7 @@ token_cache_sync(PG_FUNCTION_ARGS)
 	TriggerEvent event;
 
 	check_trigger_call(fcinfo, "token_cache_sync");
+	mark_rows_changed();
 	if (!cache_enabled() && !fanout_loaded())
 		return PointerGetDatum(NULL);
 
@@ -653,6 +692,27 @@ is_token_table(Oid relid)
 	return schema != NULL && strcmp(schema, "tokenstore") == 0;
 }
 
+/* The table a trigger belongs to (InvalidOid if none is found). */
+static Oid
+trigger_table(Oid trigger)
+{
+	Relation	rel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			relid = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(trigger));
+	scan = systable_beginscan(rel, TriggerOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		relid = ((Form_pg_trigger) GETSTRUCT(tuple))->tgrelid;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return relid;
+}
+
 static void
 object_access(ObjectAccessType access, Oid classId, Oid objectId,
 			  int subId, void *arg)
@@ -665,6 +725,16 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	else if (access == OAT_DROP && classId == RelationRelationId &&
 			 subId == 0 && is_token_table(objectId))
 		queue_purge(MyDatabaseId);
+	else if (access == OAT_POST_ALTER && classId == TriggerRelationId &&
+			 fanout_loaded() && is_token_table(trigger_table(objectId)))
+	{
+		/*
+		 * A trigger of the table was enabled or disabled, as a restore with
+		 * pg_restore --disable-triggers does: rows may have come and gone
+		 * unseen, so Redis is written again.
+		 */
+		note_missed();
+	}
 	else if (access == OAT_POST_ALTER && classId == DatabaseRelationId &&
 			 fanout_loaded())
 	{

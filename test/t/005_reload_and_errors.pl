@@ -4,7 +4,7 @@
 # seconds.  Errors: a worker whose flush fails is run again about once per
 # flush_interval (never in a storm), the launcher and the server stay up and
 # checks keep answering meanwhile, and once the cause is gone the flush
-# succeeds.
+# succeeds.  The token prefix is the server's, changed by a reload.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -37,6 +37,16 @@ TokenstoreTest::wait_for_within($node, $db, "SELECT last_used_at > '$stored' $ro
 	't', 10, 'after the reload the launcher flushes the use within seconds');
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$token')"), 'alice',
 	'the token still works');
+
+# another prefix, server-wide: new tokens take it, old ones still work
+$node->safe_psql($db,
+	"ALTER SYSTEM SET tokenstore.token_prefix = 'acme_'; SELECT pg_reload_conf()");
+TokenstoreTest::wait_for($node, $db, 'SHOW tokenstore.token_prefix', 'acme_',
+	'the new prefix is loaded');
+like($node->safe_psql($db, "SELECT tokenstore.token_make('bob')"),
+	qr/^acme_[A-Za-z0-9_-]{49}$/, 'new tokens have the new prefix');
+is($node->safe_psql($db, "SELECT tokenstore.token_user('$token')"), 'alice',
+	'tokens made under the old prefix still work');
 $node->stop;
 
 # ---- a failing flush ----
