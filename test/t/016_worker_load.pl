@@ -1,6 +1,7 @@
 # The worker keeps up under load and never waits for an application:
-#  - while clients check tokens without pause, expired rows piling up are
-#    swept (flush and sweep share each round, so neither starves);
+#  - while clients check tokens without pause (with the default resolution
+#    of last uses), expired rows piling up are swept (flush and sweep share
+#    each round, so neither starves);
 #  - a transaction that holds a token's row and stays open (the common
 #    "idle in transaction" bug) stops neither the flush of the other tokens
 #    nor the sweep, in its database or another; the held token's use waits,
@@ -20,7 +21,7 @@ use TokenstoreTest;
 my $node = TokenstoreTest::node('worker_load',
 	conf => "tokenstore.flush_interval = '500ms'\n"
 	  . "tokenstore.sweep_interval = '1s'\n"
-	  . "tokenstore.last_used_resolution = 0\n"
+	  . "tokenstore.last_used_resolution = '1min'\n"
 	  . "max_connections = 30\n"
 	  . "log_statement = 'none'\n");
 my $db = 'postgres';
@@ -55,30 +56,32 @@ $node->safe_psql($db, q{
 my $script = $node->basedir . '/check.sql';
 PostgreSQL::Test::Utils::append_to_file($script,
 	"\\set n random(1, 20000)\nSELECT tokenstore.token_user(token) FROM live WHERE i = :n;\n");
-my $load_seconds = 20;
+my $load_seconds = 25;
 my ($out, $err) = ('', '');
 my $pgbench = IPC::Run::start(
 	[ 'pgbench', '-n', '-M', 'prepared', '-c', '4', '-j', '2',
 		'-T', $load_seconds, '-f', $script, $node->connstr($db) ],
 	'>', \$out, '2>', \$err);
 my $started = time;
-expired($db, 30000, 'gone');
+expired($db, 10000, 'gone');
 my $piled = time;
 TokenstoreTest::wait_for_within($node, $db,
 	"SELECT count(*) FROM tokenstore.token WHERE user_id = 'gone'", '0',
-	$load_seconds - 3, '30,000 expired rows are swept while four clients check without pause');
+	15, '10,000 expired rows are swept while four clients check without pause');
 my $took = time - $piled;
-note(sprintf('swept 30,000 rows in %.1f s under load (%.0f rows/s)', $took, 30000 / $took));
+note(sprintf('swept 10,000 rows in %.1f s under load (%.0f rows/s)', $took, 10000 / $took));
 ok(time - $started < $load_seconds, 'and the load was still running');
-expired($db, 5000, 'gone2');
+expired($db, 2000, 'gone2');
 TokenstoreTest::wait_for_within($node, $db,
 	"SELECT count(*) FROM tokenstore.token WHERE user_id = 'gone2'", '0',
-	10, 'rows that expire during the load are swept too');
+	8, 'rows that expire during the load are swept too');
 $pgbench->finish;
 like($out, qr/number of transactions actually processed: [1-9]/, 'the clients checked all along')
   or diag($err);
-cmp_ok($node->safe_psql($db, sprintf($stats, 'rows_flushed')), '>', 0,
-	'and the uses they made were flushed meanwhile');
+
+# from here on, every use is written at the next flush
+$node->safe_psql($db,
+	"ALTER SYSTEM SET tokenstore.last_used_resolution = 0; SELECT pg_reload_conf()");
 
 # ---- one open transaction holding a row stops nothing ----
 $node->safe_psql($db, 'CREATE DATABASE other');
