@@ -114,7 +114,7 @@ sub worker_runs
 {
 	my ($offset) = @_;
 	my %runs;
-	$runs{$1}++
+	$runs{$_}++
 	  foreach slurp_file($node->logfile, $offset) =~
 	  /starting background worker process "tokenstore worker for database (\d+)"/g;
 	return \%runs;
@@ -190,9 +190,13 @@ my @after = split / /, $node->safe_psql('postgres', $stats);
 $session->quit;
 
 # ---- the work was done ----
-my %datname = map { split /\|/ } split /\n/,
-  $node->safe_psql('postgres', 'SELECT oid, datname FROM pg_database');
-my %oid = reverse %datname;
+my %oid;
+foreach my $line (split /\n/,
+	$node->safe_psql('postgres', 'SELECT datname, oid FROM pg_database'))
+{
+	my ($name, $oid) = split /\|/, $line;
+	$oid{$name} = $oid;
+}
 note(sprintf("soak: %.1f s (the session's rounds: %.1f s); worker runs by database: %s",
 	$soaked, $load_done - $soak,
 	join(', ', map { "$_ " . ($runs->{ $oid{$_} } // 0) } @databases)));

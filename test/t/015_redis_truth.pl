@@ -370,7 +370,7 @@ TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'the bulk tokens are deleted
 # without gdb, the seeded load below is where this shows.
 SKIP:
 {
-	skip 'gdb is not installed', 5 unless grep { -x "$_/gdb" } split /:/, $ENV{PATH};
+	skip 'gdb is not installed', 6 unless grep { -x "$_/gdb" } split /:/, $ENV{PATH};
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $maker = $node->background_psql($db);
 	my $pid = $maker->query_safe('SELECT pg_backend_pid()');
@@ -391,7 +391,7 @@ SKIP:
 		$gdb->kill_kill;
 		$maker->query_safe('ROLLBACK');
 		$maker->quit;
-		skip "gdb could not attach to a backend: $gdb_out", 5;
+		skip "gdb could not attach to a backend: $gdb_out", 6;
 	}
 	$maker->query_until(qr/committing/, "\\echo committing\nCOMMIT;\n");
 	my ($stopped) = poll(sub { -e "$dir/stopped" }, 30);
@@ -410,7 +410,10 @@ SKIP:
 		},
 		10);
 	note("window: the revoker $how");
-	barrier();
+	# Everything queued after the maker's block waits for its commit: the
+	# revocation too, however long the maker takes.
+	my ($waiting) = poll(sub { sql('SELECT queued > 0 FROM tokenstore.redis_stats') eq 't' }, 10);
+	ok($waiting, 'window: the changes queued after the maker\'s wait for its commit');
 	is($redis->cli('EXISTS', key($made)), '0', 'window: meanwhile the key is not in Redis');
 	open(my $go, '>', "$dir/go") or die "cannot write $dir/go: $!";
 	close($go);
