@@ -7,14 +7,22 @@ SELECT current_database() AS regress_db, current_user AS admin \gset
 CREATE ROLE tokenstore_mallory LOGIN;
 CREATE DATABASE tokenstore_install;
 GRANT CREATE ON DATABASE tokenstore_install TO tokenstore_mallory;
+\c tokenstore_install :admin
+-- the trap: look-alikes of built-ins the install script calls, which would
+-- make their caller's role a superuser
+CREATE PROCEDURE public.lay_trap() LANGUAGE plpgsql AS $proc$
+BEGIN
+	CREATE SCHEMA tokenstore;
+	CREATE FUNCTION tokenstore.convert_to(text, text) RETURNS bytea LANGUAGE sql
+		AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
+	CREATE FUNCTION tokenstore.sha256(bytea) RETURNS bytea LANGUAGE sql
+		AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
+END
+$proc$;
 
--- a role with CREATE on the database prepares a trap ...
+-- a role with CREATE on the database lays it ...
 \c tokenstore_install tokenstore_mallory
-CREATE SCHEMA tokenstore;
-CREATE FUNCTION tokenstore.convert_to(text, text) RETURNS bytea LANGUAGE sql
-	AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
-CREATE FUNCTION tokenstore.sha256(bytea) RETURNS bytea LANGUAGE sql
-	AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
+CALL public.lay_trap();
 -- ... which the superuser's CREATE EXTENSION refuses
 \c tokenstore_install :admin
 CREATE EXTENSION tokenstore;
@@ -47,11 +55,7 @@ DROP SCHEMA tokenstore;
 -- version 1.0, kept for updates, has no such check, but its built-ins are
 -- qualified: the trap is never sprung
 \c tokenstore_install tokenstore_mallory
-CREATE SCHEMA tokenstore;
-CREATE FUNCTION tokenstore.convert_to(text, text) RETURNS bytea LANGUAGE sql
-	AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
-CREATE FUNCTION tokenstore.sha256(bytea) RETURNS bytea LANGUAGE sql
-	AS $$ ALTER ROLE tokenstore_mallory SUPERUSER; SELECT '\x00'::bytea $$;
+CALL public.lay_trap();
 \c tokenstore_install :admin
 CREATE EXTENSION tokenstore VERSION '1.0';
 SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'tokenstore_mallory';

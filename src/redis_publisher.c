@@ -102,15 +102,6 @@ typedef struct GoneEntry
 
 PGDLLEXPORT void tokenstore_publisher_main(Datum arg);
 
-void
-redis_register_publisher(void)
-{
-	BackgroundWorker worker;
-
-	registry_describe(&worker, "tokenstore_publisher_main", "tokenstore publisher");
-	RegisterBackgroundWorker(&worker);
-}
-
 static TimestampTz
 ms_after_now(int64 ms)
 {

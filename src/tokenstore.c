@@ -1,10 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * tokenstore.c
- *	  Loading the module: every tokenstore.* setting is defined here.
+ *	  Loading the module: every tokenstore.* setting is defined here, and
+ *	  the processes that run as long as the server are registered.
  *
  * The settings of the functions can be changed per session or per role,
- * since the functions take the same choices as arguments anyway.  Those of
+ * since the functions take the same choices as arguments anyway (but the
+ * token prefix, which every session must judge alike).  Those of
  * the background reload on SIGHUP; the size of the cache needs a restart.
  * When tokenstore is not in shared_preload_libraries there is no cache and
  * no worker, and the functions work on the table alone.
@@ -105,6 +107,16 @@ check_token_prefix(char **newval, void **extra, GucSource source)
 		}
 	}
 	return true;
+}
+
+/* A tokenstore process that runs as long as the server (a bgworker). */
+static void
+register_process(const char *function, const char *type)
+{
+	BackgroundWorker worker;
+
+	registry_describe(&worker, function, type);
+	RegisterBackgroundWorker(&worker);
 }
 
 static void
@@ -304,8 +316,8 @@ _PG_init(void)
 		shmem_startup_hook = shmem_startup;
 		xact_init();
 		redis_init();
-		worker_register_launcher();
-		redis_register_publisher();
+		register_process("tokenstore_launcher_main", "tokenstore launcher");
+		register_process("tokenstore_publisher_main", "tokenstore publisher");
 	}
 
 	MarkGUCPrefixReserved("tokenstore");

@@ -99,15 +99,6 @@ typedef struct Running
 PGDLLEXPORT void tokenstore_launcher_main(Datum arg);
 PGDLLEXPORT void tokenstore_worker_main(Datum arg);
 
-void
-worker_register_launcher(void)
-{
-	BackgroundWorker worker;
-
-	registry_describe(&worker, "tokenstore_launcher_main", "tokenstore launcher");
-	RegisterBackgroundWorker(&worker);
-}
-
 static TimestampTz
 ms_from(TimestampTz t, int64 ms)
 {

@@ -4,7 +4,6 @@
 #ifndef TOKENSTORE_WORKER_H
 #define TOKENSTORE_WORKER_H
 
-extern void worker_register_launcher(void);
 extern int64 worker_flush_all(void);
 
 #endif
