@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash test/setup.sh
+bash test/setup.sh "${PG_MAJOR:-15}"
 
 . test/server.sh
 DIR=${TOKENSTORE_DEMO_DIR:-/var/tmp/tokenstore-demo}

@@ -1,6 +1,9 @@
+# shellcheck shell=bash
 # Sourced by the demo and the benchmarks: a PostgreSQL server with
 # tokenstore preloaded, in $DIR on port $PORT, run as the postgres OS user.
-BIN=/usr/lib/postgresql/15/bin
+# PG_MAJOR (default 15, bookworm's) picks the PostgreSQL of the host to use.
+PG_MAJOR=${PG_MAJOR:-15}
+BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 
 as_postgres() { runuser -u postgres -- "$@"; }
 sql() { as_postgres "$BIN/psql" -X -q -A -t -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }

@@ -87,7 +87,7 @@ my $carol = $node->safe_psql('db3', "SELECT tokenstore.token_make('carol')");
 my $used_carol = $node->safe_psql('db3', sprintf($stored, 'carol'));
 is($node->safe_psql('db3', "SELECT tokenstore.token_user('$carol')"), 'carol', 'a check in db3');
 TokenstoreTest::wait_for_within($node, 'db3', sprintf($flushed, $used_carol, 'carol'),
-	't', 10, 'db3 gets its worker within seconds of CREATE EXTENSION');
+	't', 30, 'db3 gets its worker within seconds of CREATE EXTENSION');
 
 # ---- a copy of a database with tokenstore ----
 my $dave = $node->safe_psql('db2', "SELECT tokenstore.token_make('dave')");
@@ -97,7 +97,7 @@ is($node->safe_psql('x', "SELECT tokenstore.token_user('$dave')"), 'dave',
 my $used_dave = $node->safe_psql('x', sprintf($stored, 'dave'));
 is($node->safe_psql('x', "SELECT tokenstore.token_user('$dave')"), 'dave', 'a check in x');
 TokenstoreTest::wait_for_within($node, 'x', sprintf($flushed, $used_dave, 'dave'),
-	't', 10, 'the copy gets its worker within seconds');
+	't', 30, 'the copy gets its worker within seconds');
 is($node->safe_psql('x', "SELECT tokenstore.token_delete('$dave')"), 't', 'revoked in x');
 is($node->safe_psql('db2', "SELECT tokenstore.token_user('$dave')"), 'dave',
 	'alive in its template');

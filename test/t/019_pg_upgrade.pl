@@ -1,6 +1,8 @@
-# pg_upgrade keeps every token.  A cluster of the previous major
-# (TOKENSTORE_UPGRADE_FROM: its installation, with tokenstore built for it;
-# test/run.sh provides it: 15 beside 17, 17 beside 18) holds tokens of every
+# pg_upgrade keeps every token.  A cluster of an older major (the newest
+# installed beside this one with tokenstore built for it, under
+# /usr/lib/postgresql, or TOKENSTORE_UPGRADE_FROM; test/run.sh copies 15
+# beside 17 and 17 beside 18, with the libraries they lack in their lib
+# folder, which goes on LD_LIBRARY_PATH for them) holds tokens of every
 # kind in two databases, uses in the cache and in the table; it is upgraded
 # to this major with pg_upgrade, following the README (tokenstore installed
 # for the new major first, $PGDATA/tokenstore.key copied into the new data
@@ -15,8 +17,18 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use TokenstoreTest;
 
-my $old_install = $ENV{TOKENSTORE_UPGRADE_FROM};
-plan skip_all => 'no older major to upgrade from (TOKENSTORE_UPGRADE_FROM unset: test/run.sh sets it where one is installed)'
+# The newest older major installed with tokenstore, or none.
+sub older_install
+{
+	my $this = PostgreSQL::Test::Cluster->new('probe')->pg_version->major;
+	my @older = sort { $b <=> $a } grep { $_ < $this }
+	  map { m{/(\d+)/lib/tokenstore\.so$} ? $1 : () }
+	  glob('/usr/lib/postgresql/*/lib/tokenstore.so');
+	return @older ? "/usr/lib/postgresql/$older[0]" : undef;
+}
+
+my $old_install = $ENV{TOKENSTORE_UPGRADE_FROM} // older_install();
+plan skip_all => 'no older major with tokenstore installed beside this one to upgrade from'
   unless $old_install;
 
 my $old = PostgreSQL::Test::Cluster->new('old', install_path => $old_install);
@@ -63,6 +75,7 @@ chmod 0600, $new->data_dir . '/tokenstore.key';
 
 my $workdir = PostgreSQL::Test::Utils::tempdir('pg_upgrade');
 chdir $workdir;
+local $ENV{LD_LIBRARY_PATH} = "$old_install/lib";
 command_ok(
 	[
 		'pg_upgrade', '--no-sync',
