@@ -301,6 +301,8 @@ static bool relcache_callback_registered = false;
 static MemoryContext caller_cxt = NULL;
 /* The GUC nest level that holds the pinned search_path. */
 static int	path_level = 0;
+/* Whether store_begin pushed the snapshot store_end pops. */
+static bool pushed_snapshot = false;
 
 /* The installed version of the extension's SQL objects, or NULL. */
 static char *
@@ -407,13 +409,20 @@ match_plans(void)
 	plans_schema = schema;
 }
 
-/* Connect to SPI, with the pinned search path. */
+/*
+ * Connect to SPI, with the pinned search path.  Copying the results out
+ * detoasts them, which needs a snapshot as old as the statements'; a
+ * background worker's transaction has none of its own.
+ */
 void
 store_begin(void)
 {
 	store_check_version();
 	match_plans();
 	caller_cxt = CurrentMemoryContext;
+	pushed_snapshot = !ActiveSnapshotSet();
+	if (pushed_snapshot)
+		PushActiveSnapshot(GetLatestSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	path_level = NewGUCNestLevel();
@@ -427,6 +436,9 @@ store_end(void)
 	AtEOXact_GUC(true, path_level);
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
+	if (pushed_snapshot)
+		PopActiveSnapshot();
+	pushed_snapshot = false;
 	caller_cxt = NULL;
 }
 

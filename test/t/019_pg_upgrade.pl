@@ -27,6 +27,41 @@ sub older_install
 	return @older ? "/usr/lib/postgresql/$older[0]" : undef;
 }
 
+# A cluster of this major; initdb turns data checksums on from 18, and
+# pg_upgrade needs both alike.
+sub new_cluster
+{
+	my $node = PostgreSQL::Test::Cluster->new(shift);
+	$node->init($node->pg_version >= 18 ? (extra => ['--no-data-checksums']) : ());
+	return $node;
+}
+
+# pg_upgrade from one stopped cluster to another; whether it worked.
+sub upgrade
+{
+	my ($from, $to) = @_;
+	return run_log(
+		[
+			'pg_upgrade', '--no-sync',
+			'-d', $from->data_dir, '-D', $to->data_dir,
+			'-b', $from->config_data('--bindir'), '-B', $to->config_data('--bindir'),
+			'-s', $to->host, '-p', $from->port, '-P', $to->port,
+		]);
+}
+
+# Whether the two majors' servers upgrade a cluster that holds one plain
+# table: when they do not, the packages are at fault, not tokenstore.
+sub plain_upgrade_works
+{
+	my $install = shift;
+	my $from = PostgreSQL::Test::Cluster->new('plain_old', install_path => $install);
+	$from->init;
+	$from->start;
+	$from->safe_psql('postgres', 'CREATE TABLE plain (a int)');
+	$from->stop;
+	return upgrade($from, new_cluster('plain_new'));
+}
+
 my $old_install = $ENV{TOKENSTORE_UPGRADE_FROM} // older_install();
 plan skip_all => 'no older major with tokenstore installed beside this one to upgrade from'
   unless $old_install;
@@ -65,8 +100,7 @@ foreach my $db (@dbs)
 my $old_version = $old->safe_psql('postgres', 'SHOW server_version_num');
 $old->stop;
 
-my $new = PostgreSQL::Test::Cluster->new('new');
-$new->init;
+my $new = new_cluster('new');
 $new->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'tokenstore'\ntokenstore.flush_interval = '200ms'\n");
 File::Copy::copy($old->data_dir . '/tokenstore.key', $new->data_dir . '/tokenstore.key')
@@ -76,14 +110,11 @@ chmod 0600, $new->data_dir . '/tokenstore.key';
 my $workdir = PostgreSQL::Test::Utils::tempdir('pg_upgrade');
 chdir $workdir;
 local $ENV{LD_LIBRARY_PATH} = "$old_install/lib";
-command_ok(
-	[
-		'pg_upgrade', '--no-sync',
-		'-d', $old->data_dir, '-D', $new->data_dir,
-		'-b', $old->config_data('--bindir'), '-B', $new->config_data('--bindir'),
-		'-s', $new->host, '-p', $old->port, '-P', $new->port,
-	],
-	"pg_upgrade from $old_version");
+my $upgraded = upgrade($old, $new);
+plan skip_all => "pg_upgrade from $old_version fails for a cluster of one plain table too: these servers' packages do not upgrade one another"
+  if !$upgraded && !plain_upgrade_works($old_install);
+ok($upgraded, "pg_upgrade from $old_version")
+  or die "pg_upgrade failed: nothing to check after it";
 $new->start;
 
 foreach my $db (@dbs)
@@ -97,6 +128,8 @@ foreach my $db (@dbs)
 		$token{$db}{share}, "$db: the shared token is handed out again (the key file was copied)");
 	is($new->safe_psql($db, "SELECT tokenstore.token_user(tokenstore.token_make('gus'))"),
 		'gus', "$db: new tokens are made and checked");
+	# Checked above, so cached: a hit.
+	$new->safe_psql($db, "SELECT tokenstore.token_user('$token{$db}{multi}')");
 	TokenstoreTest::wait_for($new, $db,
 		"SELECT last_flush IS NOT NULL AND hits > 0 FROM tokenstore.stats WHERE datname = current_database()",
 		't', "$db: the worker runs and the cache answers");
