@@ -16,7 +16,7 @@ EXTENSION = tokenstore
 # The version, in this one place: the install script, the control file and
 # the library are built with it.  A schema change goes into a new version,
 # with extension/tokenstore--OLD--NEW.sql and a test that updates to it.
-EXTVERSION = 1.1
+EXTVERSION = 1.2
 MODULE_big = tokenstore
 OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
 	src/cache.o src/xact.o src/registry.o src/worker.o src/fanout.o \
@@ -36,11 +36,11 @@ endif
 # pg_regress: sql/ and expected/ (installcheck: against a running server;
 # regresscheck, below: against a throwaway one)
 REGRESS = setup install make check list modes expiry revoke rotate errors \
-	privileges transactions
+	privileges transactions session
 
 # isolation: test/isolation/specs and test/isolation/expected
 ISOLATION = login_limit revoke_visibility notify cache_visibility \
-	cache_fill_race
+	cache_fill_race session_save
 ISOLATION_OPTS = --temp-instance=tmp_isolation \
 	--temp-config=test/tokenstore.conf --inputdir=test/isolation \
 	--outputdir=output_iso

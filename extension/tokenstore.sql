@@ -87,7 +87,7 @@ COMMENT ON SCHEMA tokenstore_internal IS
 CREATE TABLE tokenstore.token (
 	token_hash		bytea PRIMARY KEY
 		CHECK (pg_catalog.octet_length(token_hash) OPERATOR(pg_catalog.=) 32),
-	user_id			text NOT NULL
+	user_id			text
 		CHECK (user_id OPERATOR(pg_catalog.<>) ''
 			   AND pg_catalog.octet_length(user_id) OPERATOR(pg_catalog.<=) 64),
 	info			jsonb NOT NULL DEFAULT '{}'
@@ -109,11 +109,16 @@ CREATE TABLE tokenstore.token (
 			AND pg_catalog.date_part('month', idle_timeout) OPERATOR(pg_catalog.=) 0),
 	share_secret	bytea,
 	idle_sweep_at	timestamptz,
-	rotated_at		timestamptz
+	rotated_at		timestamptz,
+	data			bytea
 ) WITH (fillfactor = 90);
 
 COMMENT ON TABLE tokenstore.token IS
 	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';
+COMMENT ON COLUMN tokenstore.token.user_id IS
+	'the token''s user; NULL: an anonymous session (token_save), which no per-user rule or list touches';
+COMMENT ON COLUMN tokenstore.token.data IS
+	'sessions only (token_save): the framework''s payload, byte for byte';
 COMMENT ON COLUMN tokenstore.token.expires_at IS
 	'absolute deadline (NULL: none); the idle deadline is last_used_at + idle_timeout';
 COMMENT ON COLUMN tokenstore.token.idle_sweep_at IS
@@ -276,12 +281,60 @@ CREATE FUNCTION tokenstore.token_delete_user(user_id text,
 COMMENT ON FUNCTION tokenstore.token_delete_user(text, text) IS
 	'revoke every token of a user, or all but keep_token; how many live ones went';
 
-CREATE FUNCTION tokenstore.token_rotate(token text, grace interval DEFAULT NULL)
+CREATE FUNCTION tokenstore.token_rotate(token text,
+										grace interval DEFAULT NULL,
+										user_id text DEFAULT NULL,
+										new_token text DEFAULT NULL)
 	RETURNS text
 	AS 'MODULE_PATHNAME', 'token_rotate'
 	LANGUAGE C VOLATILE SECURITY DEFINER;
-COMMENT ON FUNCTION tokenstore.token_rotate(text, interval) IS
-	'replace a live token by a new one; the old one dies now or after grace, which nothing extends';
+COMMENT ON FUNCTION tokenstore.token_rotate(text, interval, text, text) IS
+	'replace a live token by a new one (new_token, or a generated one), attaching user_id to an anonymous session; the old one dies now or after grace, which nothing extends';
+
+/* ---- the session store of web frameworks: find, save, delete ---- */
+
+CREATE FUNCTION tokenstore.token_save(token text,
+									  user_id text,
+									  data bytea,
+									  expires_at timestamptz,
+									  idle_timeout interval DEFAULT NULL,
+									  info jsonb DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_save'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_save(text, text, bytea, timestamptz, interval, jsonb) IS
+	'make or replace the session token (a caller-given id) with data and an absolute deadline; true if it made a new session';
+
+CREATE FUNCTION tokenstore.token_data(token text)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'token_data'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_data(text) IS
+	'the data of a live session (NULL otherwise); records the use';
+
+CREATE FUNCTION tokenstore.token_touch(token text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'token_touch'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_touch(text) IS
+	'record a use of a live token (anonymous sessions too); false for a dead or unknown token';
+
+CREATE FUNCTION tokenstore.token_sessions(OUT token_id text,
+										  OUT user_id text,
+										  OUT data bytea,
+										  OUT expires_at timestamptz)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'token_sessions'
+	LANGUAGE C VOLATILE SECURITY DEFINER ROWS 1000;
+COMMENT ON FUNCTION tokenstore.token_sessions() IS
+	'every live session (saved by token_save), oldest first, by token_id (never the token)';
+
+CREATE FUNCTION tokenstore.token_delete_sessions(anonymous_only boolean DEFAULT false)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_delete_sessions'
+	LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION tokenstore.token_delete_sessions(boolean) IS
+	'revoke every session (or every anonymous one); tokens made by token_make stay; how many live ones went';
 
 CREATE FUNCTION tokenstore.token_sweep()
 	RETURNS bigint

@@ -2,7 +2,7 @@
 SELECT tokenstore.token_make('alice', '{"role": "admin"}') AS t \gset
 
 SELECT user_id, info, created_at <= last_used_at AS used_after_made,
-	   expires_at IS NULL AS no_deadline
+	   expires_at - created_at = '30 days' AS default_lifetime
   FROM tokenstore.token_check(:'t');
 
 -- NULL and unknown tokens: NULL and no row

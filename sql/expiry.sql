@@ -52,6 +52,10 @@ SELECT expires_at - last_used_at AS idle_default,
   FROM tokenstore.token_check(:'g');
 RESET tokenstore.default_ttl;
 RESET tokenstore.default_idle_timeout;
+-- the built-in defaults: 30 days, no idle timeout; 0 means none
+SHOW tokenstore.default_ttl;
+SHOW tokenstore.default_idle_timeout;
+SET tokenstore.default_ttl = 0;
 SELECT expires_at IS NULL AS no_deadline
   FROM tokenstore.token_check(tokenstore.token_make('exp'));
 
@@ -64,7 +68,7 @@ SET tokenstore.default_ttl = '3h';
 SELECT tokenstore.token_refresh(:'r') AS refreshed_default;
 SELECT expires_at - last_used_at AS default_ttl FROM tokenstore.token
  WHERE token_hash = sha256(convert_to(:'r', 'UTF8'));
-RESET tokenstore.default_ttl;
+SET tokenstore.default_ttl = 0;
 -- with no ttl and no default, refresh lifts the absolute deadline
 SELECT tokenstore.token_refresh(:'r') AS refreshed_no_deadline;
 SELECT expires_at IS NULL AS no_deadline FROM tokenstore.token_check(:'r');

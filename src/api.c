@@ -53,6 +53,11 @@ PG_FUNCTION_INFO_V1(token_delete);
 PG_FUNCTION_INFO_V1(token_delete_id);
 PG_FUNCTION_INFO_V1(token_delete_user);
 PG_FUNCTION_INFO_V1(token_rotate);
+PG_FUNCTION_INFO_V1(token_save);
+PG_FUNCTION_INFO_V1(token_data);
+PG_FUNCTION_INFO_V1(token_touch);
+PG_FUNCTION_INFO_V1(token_sessions);
+PG_FUNCTION_INFO_V1(token_delete_sessions);
 PG_FUNCTION_INFO_V1(token_sweep);
 PG_FUNCTION_INFO_V1(token_flush);
 PG_FUNCTION_INFO_V1(token_last_used);
@@ -80,16 +85,15 @@ quote_prefix(text *t)
 	return psprintf("%.*s...", cut, s);
 }
 
+/* A user id, or NULL where none is allowed (a session's). */
 static char *
-arg_user_id(FunctionCallInfo fcinfo, int argno)
+arg_user_id_or_null(FunctionCallInfo fcinfo, int argno)
 {
 	text	   *t;
 	int			len;
 
 	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("user_id must not be null")));
+		return NULL;
 	t = PG_GETARG_TEXT_PP(argno);
 	len = VARSIZE_ANY_EXHDR(t);
 	if (len == 0)
@@ -103,6 +107,16 @@ arg_user_id(FunctionCallInfo fcinfo, int argno)
 				 errdetail("A user_id may have at most %d bytes; this one has %d.",
 						   USER_ID_MAX_BYTES, len)));
 	return text_to_cstring(t);
+}
+
+static char *
+arg_user_id(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("user_id must not be null")));
+	return arg_user_id_or_null(fcinfo, argno);
 }
 
 /*
@@ -153,13 +167,13 @@ interval_text(Interval *span)
 }
 
 static void
-positive_interval_error(const char *name, Interval *span, const char *guc)
+negative_idle_error(Interval *span)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("%s must be a positive interval", name),
+			 errmsg("idle_timeout must not be negative"),
 			 errdetail("The value given is %s.", interval_text(span)),
-			 guc ? errhint("Pass NULL to use %s.", guc) : 0));
+			 errhint("Pass 0 for no idle timeout, or NULL to use tokenstore.default_idle_timeout.")));
 }
 
 static void
@@ -191,45 +205,78 @@ interval_magnitude(Interval *span, int64 *usecs)
 #define DEADLINE_LIMIT_TEXT "a deadline must be before the year 10000"
 
 /*
- * now + span on the calendar, for an argument called name: an error unless
- * the result lies after now and before TIME_LIMIT.  The magnitude is
- * checked first (with a year to spare for the calendar's irregularities),
- * so that the calendar arithmetic itself cannot overflow.
+ * now + span on the calendar, for a ttl: DEADLINE_NONE for 'infinity', and
+ * now (a token dead at once) for a span of zero or less; an error past
+ * TIME_LIMIT.  The magnitude is checked first (with a year to spare for the
+ * calendar's irregularities), so that the calendar arithmetic itself cannot
+ * overflow.
  */
 static TimestampTz
-deadline_after(const char *name, TimestampTz now, Interval *span,
-			   const char *guc)
+deadline_after(TimestampTz now, Interval *span)
 {
 	int64		magnitude;
 	TimestampTz deadline;
 
+	if (INTERVAL_IS_NOEND(span))
+		return DEADLINE_NONE;
+	if (INTERVAL_IS_NOBEGIN(span))
+		return now;
 	if (!interval_magnitude(span, &magnitude) ||
 		magnitude > TIME_LIMIT - now + USECS_PER_DAY * DAYS_PER_YEAR)
-		out_of_range_error(name, span, DEADLINE_LIMIT_TEXT);
+		out_of_range_error("ttl", span, DEADLINE_LIMIT_TEXT);
 	if (magnitude < -(now - MIN_TIMESTAMP) + USECS_PER_DAY * DAYS_PER_YEAR)
-		positive_interval_error(name, span, guc);
+		return now;
 	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 													   TimestampTzGetDatum(now),
 													   IntervalPGetDatum(span)));
-	if (deadline <= now)
-		positive_interval_error(name, span, guc);
 	if (deadline >= TIME_LIMIT)
-		out_of_range_error(name, span, DEADLINE_LIMIT_TEXT);
-	return deadline;
+		out_of_range_error("ttl", span, DEADLINE_LIMIT_TEXT);
+	return Max(deadline, now);
+}
+
+/* The deadline of the tokenstore.default_ttl setting from now. */
+static TimestampTz
+default_deadline(TimestampTz now)
+{
+	return tokenstore_default_ttl > 0 ?
+		now + (int64) tokenstore_default_ttl * USECS_PER_SEC : DEADLINE_NONE;
 }
 
 /*
- * The absolute deadline for a ttl argument (NULL: the tokenstore.default_ttl
- * setting): DEADLINE_NONE when there is none.
+ * The absolute deadline for a ttl argument (NULL: the setting):
+ * DEADLINE_NONE when there is none.
  */
 static TimestampTz
 arg_ttl(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 {
 	if (PG_ARGISNULL(argno))
-		return tokenstore_default_ttl > 0 ?
-			now + (int64) tokenstore_default_ttl * USECS_PER_SEC : DEADLINE_NONE;
-	return deadline_after("ttl", now, PG_GETARG_INTERVAL_P(argno),
-						  "tokenstore.default_ttl");
+		return default_deadline(now);
+	return deadline_after(now, PG_GETARG_INTERVAL_P(argno));
+}
+
+/*
+ * An absolute deadline argument (NULL: the setting from now): 'infinity'
+ * is none, and one already past (or '-infinity') is now, a token dead at
+ * once.
+ */
+static TimestampTz
+arg_expires_at(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+{
+	TimestampTz t;
+
+	if (PG_ARGISNULL(argno))
+		return default_deadline(now);
+	t = PG_GETARG_TIMESTAMPTZ(argno);
+	if (TIMESTAMP_IS_NOEND(t))
+		return DEADLINE_NONE;
+	if (t >= TIME_LIMIT)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("expires_at is out of range"),
+				 errdetail("The value given is %s; %s.",
+						   timestamptz_to_str(t), DEADLINE_LIMIT_TEXT),
+				 errhint("Pass 'infinity' for no deadline.")));
+	return Max(t, now);
 }
 
 /*
@@ -251,7 +298,10 @@ interval_usecs(const char *name, Interval *span, int64 limit,
 	return usecs;
 }
 
-/* Idle timeout in microseconds (NULL: the setting); 0 means none. */
+/*
+ * Idle timeout in microseconds (NULL: the setting); 0 means none, and so
+ * do '0' and 'infinity'.
+ */
 static int64
 arg_idle(FunctionCallInfo fcinfo, int argno)
 {
@@ -261,11 +311,14 @@ arg_idle(FunctionCallInfo fcinfo, int argno)
 	if (PG_ARGISNULL(argno))
 		return (int64) tokenstore_default_idle_timeout * USECS_PER_SEC;
 	idle = PG_GETARG_INTERVAL_P(argno);
+	if (INTERVAL_IS_NOEND(idle))
+		return 0;
+	if (INTERVAL_IS_NOBEGIN(idle))
+		negative_idle_error(idle);
 	usecs = interval_usecs("idle_timeout", idle, IDLE_LIMIT,
 						   "an idle timeout may be at most 72000000 hours");
-	if (usecs <= 0)
-		positive_interval_error("idle_timeout", idle,
-								"tokenstore.default_idle_timeout");
+	if (usecs < 0)
+		negative_idle_error(idle);
 	return usecs;
 }
 
@@ -343,11 +396,11 @@ duplicate_token_error(void)
 			 errmsg("token already exists")));
 }
 
-/* What the cache keeps of a row. */
+/* What the cache keeps of a row; an anonymous session's user_len is 0. */
 static void
 cache_values(const TokenRow *row, CacheValues *values)
 {
-	values->user_len = strlen(row->user_id);
+	values->user_len = row->user_id ? strlen(row->user_id) : 0;
 	memcpy(values->user_id, row->user_id, values->user_len);
 	values->expires_at = row->expires_at;
 	values->idle_us = row->idle_us;
@@ -477,18 +530,21 @@ record_use(const TokenRow *row, TimestampTz now, bool may_fill,
 }
 
 /*
- * Find the live token with this key in the table and record this use; the
- * row shows the use (last_used_at = now) wherever it was recorded.
+ * Find the live token with this key in the table (with its data, if asked)
+ * and record this use; the row shows the use (last_used_at = now) wherever
+ * it was recorded.
  */
 static bool
-check_in_table(const TokenKey *key, TimestampTz now, TokenRow *row)
+check_in_table(const TokenKey *key, TimestampTz now, TokenRow *row,
+			   bool with_data)
 {
 	bool		may_fill = cache_enabled() && xact_may_fill();
 	uint64		generation = may_fill ? cache_generation(key) : 0;
 	bool		found;
 
 	store_begin();
-	found = store_find(key, now, row);
+	found = with_data ? store_find_data(key, now, row) :
+		store_find(key, now, row);
 	if (found)
 		record_use(row, now, may_fill, generation);
 	store_end();
@@ -504,32 +560,30 @@ check_token(FunctionCallInfo fcinfo, int argno, TokenRow *row)
 
 	if (!arg_token(fcinfo, argno, &key))
 		return false;
-	return check_in_table(&key, GetCurrentTimestamp(), row);
+	return check_in_table(&key, GetCurrentTimestamp(), row, false);
 }
 
 /*
- * The hot path: on a cache hit no table is read and nothing is written.
- * A transaction that changed tokens reads the table, which shows its own
- * changes; the cache shows them only after commit.
+ * The hot path: whether the token is live, and its user in *values (an
+ * anonymous session's user_len is 0).  On a cache hit no table is read and
+ * nothing is written.  A transaction that changed tokens reads the table,
+ * which shows its own changes; the cache shows them only after commit.
  */
-Datum
-token_user(PG_FUNCTION_ARGS)
+static bool
+check_hot(FunctionCallInfo fcinfo, CacheValues *values)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TokenKey	key;
 	TokenRow	row;
 
 	if (!arg_token(fcinfo, 0, &key))
-		PG_RETURN_NULL();
+		return false;
 	if (cache_enabled() && !xact_has_token_changes())
 	{
-		CacheValues values;
-
-		switch (cache_check(&key, now, &values))
+		switch (cache_check(&key, now, values))
 		{
 			case CACHE_LIVE:
-				PG_RETURN_TEXT_P(cstring_to_text_with_len(values.user_id,
-														  values.user_len));
+				return true;
 			case CACHE_DEAD:
 				cache_drop_dead(&key, now);
 				break;
@@ -538,17 +592,44 @@ token_user(PG_FUNCTION_ARGS)
 		}
 		cache_count_miss();
 	}
-	if (!check_in_table(&key, now, &row))
+	if (!check_in_table(&key, now, &row, false))
+		return false;
+	cache_values(&row, values);
+	return true;
+}
+
+Datum
+token_user(PG_FUNCTION_ARGS)
+{
+	CacheValues values;
+
+	if (!check_hot(fcinfo, &values) || values.user_len == 0)
 		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(row.user_id));
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(values.user_id, values.user_len));
+}
+
+Datum
+token_touch(PG_FUNCTION_ARGS)
+{
+	CacheValues values;
+
+	PG_RETURN_BOOL(check_hot(fcinfo, &values));
+}
+
+/* A user id for a result column: an anonymous session's is NULL. */
+static Datum
+user_datum(const char *user_id, bool *isnull)
+{
+	*isnull = user_id == NULL;
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(user_id);
 }
 
 /* Put one result row of (head, info, created, last used, deadline). */
 static void
-put_row(ReturnSetInfo *rsinfo, Datum head, const TokenRow *row)
+put_row(ReturnSetInfo *rsinfo, Datum head, bool head_null, const TokenRow *row)
 {
 	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	bool		nulls[5] = {head_null, false, false, false, false};
 	TimestampTz deadline = row_deadline(row);
 
 	values[0] = head;
@@ -568,7 +649,12 @@ token_check(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (check_token(fcinfo, 0, &row))
-		put_row(rsinfo, CStringGetTextDatum(row.user_id), &row);
+	{
+		bool		isnull;
+		Datum		user = user_datum(row.user_id, &isnull);
+
+		put_row(rsinfo, user, isnull, &row);
+	}
 	return (Datum) 0;
 }
 
@@ -589,7 +675,7 @@ token_list(PG_FUNCTION_ARGS)
 	{
 		TokenRow   *row = lfirst(lc);
 
-		put_row(rsinfo, CStringGetTextDatum(token_id_text(&row->key)), row);
+		put_row(rsinfo, CStringGetTextDatum(token_id_text(&row->key)), false, row);
 	}
 	return (Datum) 0;
 }
@@ -712,6 +798,8 @@ token_rotate(PG_FUNCTION_ARGS)
 	TokenKey	old_key;
 	TokenRow	row;
 	int64		grace = 0;
+	char	   *user_id;
+	text	   *given;
 	text	   *token;
 
 	if (!PG_ARGISNULL(1))
@@ -724,9 +812,12 @@ token_rotate(PG_FUNCTION_ARGS)
 					 errmsg("grace must not be negative"),
 					 errhint("Pass NULL or 0 to end the old token now.")));
 	}
+	/* under the SQL objects of 1.1 the function has two arguments */
+	user_id = PG_NARGS() > 2 ? arg_user_id_or_null(fcinfo, 2) : NULL;
+	given = PG_NARGS() > 3 ? arg_given_token(fcinfo, 3, LOGIN_MULTI) : NULL;
 	if (!arg_token(fcinfo, 0, &old_key))
 		PG_RETURN_NULL();
-	token = cstring_to_text(token_generate(tokenstore_token_prefix));
+	token = given ? given : cstring_to_text(token_generate(tokenstore_token_prefix));
 
 	store_begin();
 
@@ -735,14 +826,21 @@ token_rotate(PG_FUNCTION_ARGS)
 	 * and a single-mode or limited login of the same user cannot both keep
 	 * a token; the row's user is only known after a first read.
 	 */
-	if (store_find(&old_key, now, &row))
-		store_lock_user(row.user_id);
+	if (store_find(&old_key, now, &row) && (user_id || row.user_id))
+		store_lock_user(user_id ? user_id : row.user_id);
 	/* a token in its grace period was replaced already: no second heir */
 	if (!store_lock_live(&old_key, now, &row) || row.rotated)
 	{
 		store_end();
 		PG_RETURN_NULL();
 	}
+	if (user_id != NULL && row.user_id != NULL && strcmp(user_id, row.user_id) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("token_rotate cannot give a token to another user"),
+				 errhint("user_id attaches a user to an anonymous session; a token that has one keeps it.")));
+	if (user_id != NULL)
+		row.user_id = user_id;
 	token_key(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row.key);
 	row.created_at = now;
 	row.last_used_at = now;
@@ -761,6 +859,128 @@ token_rotate(PG_FUNCTION_ARGS)
 
 	event_token("rotate", row.user_id, &row.key, &old_key);
 	PG_RETURN_TEXT_P(token);
+}
+
+/* ---- sessions ---- */
+
+static void
+taken_token_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg("token is taken"),
+			 errdetail("A live token with this id belongs to another user (or to none), or is not a session (token_make made it), or was replaced by token_rotate."),
+			 errhint("Give a new session a new id; attach a user at sign-in with token_rotate(token, user_id => ...).")));
+}
+
+/* A session's data: NULL is an empty payload. */
+static bytea *
+arg_data(FunctionCallInfo fcinfo, int argno)
+{
+	bytea	   *empty;
+
+	if (!PG_ARGISNULL(argno))
+		return PG_GETARG_BYTEA_PP(argno);
+	empty = palloc(VARHDRSZ);
+	SET_VARSIZE(empty, VARHDRSZ);
+	return empty;
+}
+
+/*
+ * token_save(token, user_id, data, expires_at, idle_timeout, info): a web
+ * framework's save, one statement (see store_save).  Per-user rules do not
+ * apply: a session is the framework's.
+ */
+Datum
+token_save(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenRow	row = {0};
+	text	   *token;
+	bool		created;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("token must not be null")));
+	token = arg_given_token(fcinfo, 0, LOGIN_MULTI);
+	row.user_id = arg_user_id_or_null(fcinfo, 1);
+	row.data = arg_data(fcinfo, 2);
+	row.expires_at = arg_expires_at(fcinfo, 3, now);
+	row.idle_us = arg_idle(fcinfo, 4);
+	row.info = arg_info(fcinfo, 5);
+	row.created_at = now;
+	row.last_used_at = now;
+	token_key(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row.key);
+
+	store_begin();
+	if (!store_save(&row, &created))
+		taken_token_error();
+	store_end();
+	if (created)
+	{
+		prewarm(&row);
+		event_token("make", row.user_id, &row.key, NULL);
+	}
+	else if (cache_enabled())
+		(void) cache_record_use(&row.key, now);
+	PG_RETURN_BOOL(created);
+}
+
+/* The data of a live session; NULL for other tokens. */
+Datum
+token_data(PG_FUNCTION_ARGS)
+{
+	TokenKey	key;
+	TokenRow	row;
+
+	if (!arg_token(fcinfo, 0, &key) ||
+		!check_in_table(&key, GetCurrentTimestamp(), &row, true) ||
+		row.data == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(row.data);
+}
+
+Datum
+token_sessions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *rows;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	store_begin();
+	rows = store_sessions(now);
+	store_end();
+	foreach(lc, rows)
+	{
+		TokenRow   *row = lfirst(lc);
+		TimestampTz deadline = row_deadline(row);
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = CStringGetTextDatum(token_id_text(&row->key));
+		values[1] = user_datum(row->user_id, &nulls[1]);
+		values[2] = PointerGetDatum(row->data);
+		values[3] = TimestampTzGetDatum(deadline);
+		nulls[3] = deadline == DEADLINE_NONE;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+Datum
+token_delete_sessions(PG_FUNCTION_ARGS)
+{
+	bool		anonymous_only = !PG_ARGISNULL(0) && PG_GETARG_BOOL(0);
+	List	   *revoked;
+
+	store_begin();
+	revoked = store_delete_sessions(GetCurrentTimestamp(), anonymous_only);
+	store_end();
+	event_revoked("delete", revoked);
+	PG_RETURN_INT64(list_length(revoked));
 }
 
 Datum

@@ -24,4 +24,15 @@
 #define MyProcNumber (MyProc->pgprocno)
 #endif
 
+/* 17 added infinite intervals; before, no interval is infinite */
+#if PG_VERSION_NUM < 170000
+#define INTERVAL_IS_NOBEGIN(i)	((void) (i), false)
+#define INTERVAL_IS_NOEND(i)	((void) (i), false)
+#endif
+
+/* 16 gave GUC extras an allocator of their own; before, guc.c free()s them */
+#if PG_VERSION_NUM < 160000
+#define guc_malloc(elevel, size)	malloc(size)
+#endif
+
 #endif

@@ -222,7 +222,7 @@ fanout_token_json(const TokenKey *key, const char *user_id, int user_len,
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"user_id\": ");
-	escape_json(&buf, pnstrdup(user_id, user_len));
+	fanout_append_user_json(&buf, user_id, user_len);
 	appendStringInfo(&buf, ", \"token_id\": \"%s\", \"info\": ", token_id_text(key));
 	appendStringInfoString(&buf, info != NULL ?
 						   JsonbToCString(NULL, &info->root, VARSIZE(info)) : "{}");

@@ -6,8 +6,10 @@
 
 #include "datatype/timestamp.h"
 #include "deadline.h"
+#include "lib/stringinfo.h"
 #include "storage/latch.h"
 #include "token.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 
 /* a bigger message is not queued: the resync carries the change instead */
@@ -41,6 +43,16 @@ typedef struct FanoutMsg
 #define fanout_msg_db(m)	((m)->data)
 #define fanout_msg_user(m)	((m)->data + (m)->db_len)
 #define fanout_msg_value(m) ((m)->data + (m)->db_len + (m)->user_len)
+
+/* A user id as JSON: an anonymous session's (length 0) is null. */
+static inline void
+fanout_append_user_json(StringInfo buf, const char *user_id, int user_len)
+{
+	if (user_len > 0)
+		escape_json(buf, pnstrdup(user_id, user_len));
+	else
+		appendStringInfoString(buf, "null");
+}
 
 /* Where a transaction's messages wait in the queue until it commits. */
 typedef struct FanoutReservation

@@ -746,7 +746,7 @@ unix_ms(TimestampTz t)
 
 /* ---- the commands of each change ---- */
 
-/* Write a live token's key and add it to its user's set. */
+/* Write a live token's key and add it to its user's set (if it has a user). */
 void
 redis_send_set(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 		 const char *user, int userlen, const char *value, int valuelen,
@@ -773,7 +773,8 @@ redis_send_set(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 	saddlens[1] = ukey.len;
 	sadd[2] = key.data;
 	saddlens[2] = key.len;
-	pipe_send(p, 3, sadd, saddlens);
+	if (userlen > 0)
+		pipe_send(p, 3, sadd, saddlens);
 	pfree(key.data);
 	pfree(ukey.data);
 }
@@ -793,7 +794,7 @@ send_publish(Pipeline *p, StringInfo event)
 	pfree(channel.data);
 }
 
-/* Delete a token's key and drop it from its user's set (no event). */
+/* Delete a token's key and drop it from its user's set, if any (no event). */
 void
 redis_send_drop(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 				const char *user, int userlen)
@@ -816,7 +817,8 @@ redis_send_drop(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 	sremlens[1] = ukey.len;
 	srem[2] = key.data;
 	sremlens[2] = key.len;
-	pipe_send(p, 3, srem, sremlens);
+	if (userlen > 0)
+		pipe_send(p, 3, srem, sremlens);
 	pfree(key.data);
 	pfree(ukey.data);
 }
@@ -836,7 +838,7 @@ send_remove(Pipeline *p, const FanoutMsg *m)
 	appendStringInfoString(&event, "{\"event\": \"revoke\", \"database\": ");
 	escape_json(&event, pnstrdup(fanout_msg_db(m), m->db_len));
 	appendStringInfoString(&event, ", \"user_id\": ");
-	escape_json(&event, pnstrdup(fanout_msg_user(m), m->user_len));
+	fanout_append_user_json(&event, fanout_msg_user(m), m->user_len);
 	appendStringInfo(&event, ", \"token_hash\": \"%s\", \"key\": ",
 					 hex_text(m->hash, PG_SHA256_DIGEST_LENGTH));
 	escape_json(&event, key.data);

@@ -131,7 +131,7 @@ recheck_page(Pipeline *p, List *rows)
 
 		if (!live[i++])
 			redis_send_drop(p, resync_db, resync_dblen, row->key.bytes,
-							row->user_id, strlen(row->user_id));
+							row->user_id, row->user_id ? strlen(row->user_id) : 0);
 	}
 	return pipe_wait(p);
 }
@@ -152,7 +152,7 @@ write_page(Pipeline *p, TokenKey *after, bool *more)
 	foreach(lc, rows)
 	{
 		TokenRow   *row = lfirst(lc);
-		int			user_len = strlen(row->user_id);
+		int			user_len = row->user_id ? strlen(row->user_id) : 0;
 		int			len;
 		char	   *value = fanout_token_json(&row->key, row->user_id, user_len,
 											  row->info, row->created_at,

@@ -83,6 +83,12 @@
 	"((expires_at IS NULL OR expires_at > " p ") AND " \
 	"(idle_timeout IS NULL OR " LAST_USED " + idle_timeout > " p "))"
 
+/* The same, of the row t that an INSERT's ON CONFLICT found. */
+#define LIVE_T(p) \
+	"((t.expires_at IS NULL OR t.expires_at > " p ") AND " \
+	"(t.idle_timeout IS NULL OR" \
+	" tokenstore_internal.last_used(t.token_hash, t.last_used_at) + t.idle_timeout > " p "))"
+
 typedef enum StoreStmt
 {
 	STMT_FIND,
@@ -106,10 +112,14 @@ typedef enum StoreStmt
 	STMT_FLUSH,
 	STMT_LIVE_PAGE,
 	STMT_LIVE_AMONG,
+	STMT_SAVE,
+	STMT_FIND_DATA,
+	STMT_SESSIONS,
+	STMT_DELETE_SESSIONS,
 	STMT_COUNT
 } StoreStmt;
 
-#define MAX_ARGS 7
+#define MAX_ARGS 8
 
 typedef struct StmtDef
 {
@@ -125,7 +135,7 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
 	[STMT_LOCK_LIVE] = {
-		"SELECT " READ_COLUMNS " FROM tokenstore.token"
+		"SELECT " READ_COLUMNS ", data FROM tokenstore.token"
 		" WHERE token_hash = $1 AND " LIVE("$2") " FOR UPDATE",
 		2, {BYTEAOID, TIMESTAMPTZOID}
 	},
@@ -144,10 +154,10 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {TEXTOID, TIMESTAMPTZOID}
 	},
 	[STMT_INSERT] = {
-		"INSERT INTO tokenstore.token (" ROW_COLUMNS ")"
-		" VALUES ($1, $2, $3, $4, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-		7, {BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-		INTERVALOID, BYTEAOID}
+		"INSERT INTO tokenstore.token (" ROW_COLUMNS ", data)"
+		" VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+		8, {BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		INTERVALOID, BYTEAOID, BYTEAOID}
 	},
 	[STMT_REVOKE_LRU] = {
 		"DELETE FROM tokenstore.token WHERE token_hash IN"
@@ -260,20 +270,66 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" WHERE token_hash = ANY ($1) AND " LIVE("$2"),
 		2, {BYTEAARRAYOID, TIMESTAMPTZOID}
 	},
+
+	/*
+	 * A session's save: a new row, or a dead one made anew, or a live one's
+	 * data and deadlines replaced (its user and creation kept) when it has
+	 * the user the save names, or the save names none.  A live token of
+	 * another user, or one replaced by a rotation, returns nothing.
+	 */
+	[STMT_SAVE] = {
+		"INSERT INTO tokenstore.token AS t"
+		" (token_hash, user_id, info, created_at, last_used_at, expires_at,"
+		"  idle_timeout, data)"
+		" VALUES ($1, $2, $3, $4, $4, $5, $6, $7)"
+		" ON CONFLICT (token_hash) DO UPDATE SET"
+		"  user_id = CASE WHEN " LIVE_T("$4") " THEN t.user_id ELSE excluded.user_id END,"
+		"  created_at = CASE WHEN " LIVE_T("$4") " THEN t.created_at ELSE excluded.created_at END,"
+		"  share_secret = CASE WHEN " LIVE_T("$4") " THEN t.share_secret END,"
+		"  last_used_at = greatest(t.last_used_at, excluded.last_used_at),"
+		"  info = excluded.info, expires_at = excluded.expires_at,"
+		"  idle_timeout = excluded.idle_timeout, data = excluded.data,"
+		"  rotated_at = NULL"
+		" WHERE NOT " LIVE_T("$4")
+		"    OR (t.data IS NOT NULL AND t.rotated_at IS NULL"
+		"        AND ($2 IS NULL OR t.user_id = $2))"
+		" RETURNING created_at = $4",
+		7, {BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		INTERVALOID, BYTEAOID}
+	},
+	[STMT_FIND_DATA] = {
+		"SELECT " READ_COLUMNS ", data FROM tokenstore.token"
+		" WHERE token_hash = $1 AND " LIVE("$2"),
+		2, {BYTEAOID, TIMESTAMPTZOID}
+	},
+	[STMT_SESSIONS] = {
+		"SELECT " READ_COLUMNS ", data FROM tokenstore.token"
+		" WHERE data IS NOT NULL AND " LIVE("$1")
+		" ORDER BY created_at, token_hash",
+		1, {TIMESTAMPTZOID}
+	},
+	[STMT_DELETE_SESSIONS] = {
+		"DELETE FROM tokenstore.token"
+		" WHERE data IS NOT NULL AND (user_id IS NULL OR NOT $2)"
+		" RETURNING token_hash, user_id, " LIVE("$1"),
+		2, {TIMESTAMPTZOID, BOOLOID}
+	},
 };
 
 /*
- * The SQL objects of version 1.0, which a database keeps from the moment
- * this library is installed until ALTER EXTENSION tokenstore UPDATE: the
- * helper last_used() lived in schema tokenstore, there was no rotated_at,
- * and share-mode tokens were sealed with the key in table tokenstore.secret.
- * Statements are rewritten for them, so that nothing stops working between
- * the restart and the update.
+ * The SQL objects of older versions, which a database keeps from the moment
+ * this library is installed until ALTER EXTENSION tokenstore UPDATE, so
+ * that nothing stops working between the restart and the update.  Under
+ * 1.1 every statement but the sessions' runs as it is (those have no SQL
+ * function there).  Under 1.0 the helper last_used() lived in schema
+ * tokenstore, there was no rotated_at, and share-mode tokens were sealed
+ * with the key in table tokenstore.secret: statements are rewritten.
  */
 typedef enum SchemaVersion
 {
 	SCHEMA_UNKNOWN,
 	SCHEMA_1_0,
+	SCHEMA_1_1,
 	SCHEMA_CURRENT
 } SchemaVersion;
 
@@ -282,6 +338,13 @@ typedef struct Rewrite
 	const char *from;
 	const char *to;
 } Rewrite;
+
+/* before 1.2: no sessions, so no data */
+static const Rewrite rewrites_1_1[] = {
+	{", data FROM", ", NULL::pg_catalog.bytea FROM"},
+	{", data) VALUES", ") VALUES"},
+	{", $8) ON CONFLICT", ") ON CONFLICT"},
+};
 
 static const Rewrite rewrites_1_0[] = {
 	{"tokenstore_internal.last_used(", "tokenstore.last_used("},
@@ -346,7 +409,7 @@ forget_schema(Datum arg, Oid relid)
 
 /*
  * Whether the statements can be written for the installed SQL objects:
- * this library's version, or 1.0 (rewritten).  Sets *version to the one
+ * this library's version, 1.1, or 1.0 (rewritten).  Sets *version to the one
  * found.
  */
 static bool
@@ -362,6 +425,8 @@ find_schema(char **version)
 	*version = installed_version();
 	if (*version != NULL && strcmp(*version, TOKENSTORE_VERSION) == 0)
 		schema = SCHEMA_CURRENT;
+	else if (*version != NULL && strcmp(*version, "1.1") == 0)
+		schema = SCHEMA_1_1;
 	else if (*version != NULL && strcmp(*version, "1.0") == 0)
 		schema = SCHEMA_1_0;
 	else
@@ -442,31 +507,40 @@ store_end(void)
 	caller_cxt = NULL;
 }
 
+/* Replace every occurrence of each rewrite's text in buf. */
+static void
+apply_rewrites(StringInfo buf, const Rewrite *rewrites, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		char	   *found;
+
+		while ((found = strstr(buf->data, rewrites[i].from)) != NULL)
+		{
+			char	   *rest = pstrdup(found + strlen(rewrites[i].from));
+
+			buf->len = found - buf->data;
+			buf->data[buf->len] = '\0';
+			appendStringInfo(buf, "%s%s", rewrites[i].to, rest);
+			pfree(rest);
+		}
+	}
+}
+
 /* The text of a statement for the installed SQL objects. */
 static char *
 statement_text(StoreStmt stmt)
 {
 	StringInfoData buf;
-	int			i;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, stmt_defs[stmt].sql);
-	if (schema != SCHEMA_1_0)
-		return buf.data;
-	for (i = 0; i < lengthof(rewrites_1_0); i++)
-	{
-		char	   *found;
-
-		while ((found = strstr(buf.data, rewrites_1_0[i].from)) != NULL)
-		{
-			char	   *rest = pstrdup(found + strlen(rewrites_1_0[i].from));
-
-			buf.len = found - buf.data;
-			buf.data[buf.len] = '\0';
-			appendStringInfo(&buf, "%s%s", rewrites_1_0[i].to, rest);
-			pfree(rest);
-		}
-	}
+	if (schema == SCHEMA_1_0 || schema == SCHEMA_1_1)
+		apply_rewrites(&buf, rewrites_1_1, lengthof(rewrites_1_1));
+	if (schema == SCHEMA_1_0)
+		apply_rewrites(&buf, rewrites_1_0, lengthof(rewrites_1_0));
 	return buf.data;
 }
 
@@ -577,6 +651,12 @@ row_from_result(int row, TokenRow *out)
 	out->share_secret = isnull ? NULL : DatumGetByteaPCopy(d);
 	d = column(row, 9, &isnull);
 	out->rotated = !isnull && DatumGetBool(d);
+	out->data = NULL;
+	if (SPI_tuptable->tupdesc->natts >= 10)
+	{
+		d = column(row, 10, &isnull);
+		out->data = isnull ? NULL : DatumGetByteaPCopy(d);
+	}
 	MemoryContextSwitchTo(old);
 }
 
@@ -587,6 +667,18 @@ store_find(const TokenKey *key, TimestampTz now, TokenRow *row)
 	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
 
 	if (store_exec(STMT_FIND, values, NULL, 1) == 0)
+		return false;
+	row_from_result(0, row);
+	return true;
+}
+
+/* Like store_find, with the session's data in row->data. */
+bool
+store_find_data(const TokenKey *key, TimestampTz now, TokenRow *row)
+{
+	Datum		values[2] = {key_datum(key), TimestampTzGetDatum(now)};
+
+	if (store_exec(STMT_FIND_DATA, values, NULL, 1) == 0)
 		return false;
 	row_from_result(0, row);
 	return true;
@@ -752,29 +844,39 @@ store_live_among(const TokenKey *keys, int n, TimestampTz now, bool *live)
 	pfree(hashes);
 }
 
+/*
+ * The first six parameters of an insert or a save: key, user, info, time
+ * (created and last used), absolute deadline, idle timeout (in *idle).
+ */
+static void
+row_values(const TokenRow *row, Interval *idle, Datum *values, char *nulls)
+{
+	memset(nulls, ' ', 6);
+	values[0] = key_datum(&row->key);
+	values[1] = row->user_id ? CStringGetTextDatum(row->user_id) : (Datum) 0;
+	nulls[1] = row->user_id ? ' ' : 'n';
+	values[2] = JsonbPGetDatum(row->info);
+	values[3] = TimestampTzGetDatum(row->created_at);
+	values[4] = TimestampTzGetDatum(row->expires_at);
+	nulls[4] = row->expires_at == DEADLINE_NONE ? 'n' : ' ';
+	idle->time = row->idle_us;
+	values[5] = IntervalPGetDatum(idle);
+	nulls[5] = row->idle_us == 0 ? 'n' : ' ';
+}
+
 /* Insert a new token, last used at its creation; false if it exists. */
 bool
 store_insert(const TokenRow *row)
 {
 	Interval	idle = {0};
-	Datum		values[7];
-	char		nulls[7] = "       ";
+	Datum		values[8];
+	char		nulls[8];
 
-	values[0] = key_datum(&row->key);
-	values[1] = CStringGetTextDatum(row->user_id);
-	values[2] = JsonbPGetDatum(row->info);
-	values[3] = TimestampTzGetDatum(row->created_at);
-	values[4] = TimestampTzGetDatum(row->expires_at);
-	if (row->expires_at == DEADLINE_NONE)
-		nulls[4] = 'n';
-	idle.time = row->idle_us;
-	values[5] = IntervalPGetDatum(&idle);
-	if (row->idle_us == 0)
-		nulls[5] = 'n';
+	row_values(row, &idle, values, nulls);
 	values[6] = PointerGetDatum(row->share_secret);
-	if (row->share_secret == NULL)
-		nulls[6] = 'n';
-
+	nulls[6] = row->share_secret ? ' ' : 'n';
+	values[7] = PointerGetDatum(row->data);
+	nulls[7] = row->data ? ' ' : 'n';
 	return store_exec(STMT_INSERT, values, nulls, 0) == 1;
 }
 
@@ -978,6 +1080,48 @@ store_delete_user(const char *user_id, const TokenKey *keep, TimestampTz now)
 	char		nulls[3] = {' ', keep ? ' ' : 'n', ' '};
 
 	return revoked_from_result(store_exec(STMT_DELETE_USER, values, nulls, 0),
+							   true);
+}
+
+/*
+ * Save a session (see STMT_SAVE): *created tells whether a new one was made
+ * (no live token had the key).  False when the key is a live token of
+ * another user, or one a rotation replaced.
+ */
+bool
+store_save(const TokenRow *row, bool *created)
+{
+	Interval	idle = {0};
+	Datum		values[7];
+	char		nulls[7];
+	bool		isnull;
+
+	row_values(row, &idle, values, nulls);
+	values[6] = PointerGetDatum(row->data);
+	nulls[6] = ' ';
+
+	if (store_exec(STMT_SAVE, values, nulls, 0) == 0)
+		return false;
+	*created = DatumGetBool(column(0, 1, &isnull));
+	return true;
+}
+
+/* Every live session, oldest first: a List of TokenRow * with their data. */
+List *
+store_sessions(TimestampTz now)
+{
+	Datum		values[1] = {TimestampTzGetDatum(now)};
+
+	return rows_from_result(store_exec(STMT_SESSIONS, values, NULL, 0));
+}
+
+/* Delete every session, or every anonymous one; returns the live ones. */
+List *
+store_delete_sessions(TimestampTz now, bool anonymous_only)
+{
+	Datum		values[2] = {TimestampTzGetDatum(now), BoolGetDatum(anonymous_only)};
+
+	return revoked_from_result(store_exec(STMT_DELETE_SESSIONS, values, NULL, 0),
 							   true);
 }
 

@@ -15,7 +15,7 @@
 typedef struct TokenRow
 {
 	TokenKey	key;
-	char	   *user_id;
+	char	   *user_id;		/* NULL: an anonymous session */
 	Jsonb	   *info;
 	TimestampTz created_at;
 	TimestampTz last_used_at;
@@ -23,6 +23,7 @@ typedef struct TokenRow
 	int64		idle_us;		/* idle timeout in microseconds, 0: none */
 	bytea	   *share_secret;	/* sealed token of a share-mode row, or NULL */
 	bool		rotated;		/* replaced with a grace period: expires_at is final */
+	bytea	   *data;			/* a session's data, when asked for; else NULL */
 } TokenRow;
 
 /* What a flush did with one dirty use. */
@@ -67,6 +68,7 @@ extern void store_begin(void);
 extern void store_end(void);
 
 extern bool store_find(const TokenKey *key, TimestampTz now, TokenRow *row);
+extern bool store_find_data(const TokenKey *key, TimestampTz now, TokenRow *row);
 extern bool store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row);
 extern bool store_touch(const TokenKey *key, TimestampTz now, RowDeadline *out);
 extern List *store_list(const char *user_id, TimestampTz now);
@@ -88,6 +90,9 @@ extern RevokedToken *store_delete(const TokenKey *key, TimestampTz now);
 extern RevokedToken *store_delete_id(const uint8 *id_bytes, TimestampTz now);
 extern List *store_delete_user(const char *user_id, const TokenKey *keep,
 							   TimestampTz now);
+extern bool store_save(const TokenRow *row, bool *created);
+extern List *store_sessions(TimestampTz now);
+extern List *store_delete_sessions(TimestampTz now, bool anonymous_only);
 extern int64 store_sweep(TimestampTz now, int batch);
 extern int64 store_flush(const CacheDirty *dirty, int n, int64 resolution,
 						 FlushResult *results);

@@ -18,6 +18,7 @@
 #include <limits.h>
 
 #include "cache.h"
+#include "compat.h"
 #include "fanout.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -28,6 +29,7 @@
 #include "storage/shmem.h"
 #include "token.h"
 #include "tokenstore.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "worker.h"
 #include "xact.h"
@@ -39,6 +41,8 @@ void		_PG_init(void);
 char	   *tokenstore_token_prefix = NULL;
 int			tokenstore_default_ttl = 0;
 int			tokenstore_default_idle_timeout = 0;
+static char *default_ttl_text = NULL;
+static char *default_idle_timeout_text = NULL;
 int			tokenstore_login_mode = LOGIN_MULTI;
 int			tokenstore_max_tokens_per_user = 0;
 int			tokenstore_touch_interval = 1000;
@@ -107,6 +111,82 @@ check_token_prefix(char **newval, void **extra, GucSource source)
 		}
 	}
 	return true;
+}
+
+/*
+ * A duration in interval syntax ('30 days', '1 hour 30 minutes'), in whole
+ * seconds (months count 30 days); false if it is not one, or negative, or
+ * more than INT_MAX seconds.
+ */
+static bool
+parse_interval_seconds(const char *value, int *seconds)
+{
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm;
+	int64		days;
+	int64		total;
+
+	if (strlen(value) >= MAXDATELEN ||
+		ParseDateTime(value, workbuf, sizeof(workbuf), field, ftype,
+					  MAXDATEFIELDS, &nf) != 0 ||
+		DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm) != 0 ||
+		dtype != DTK_DELTA)
+		return false;
+	days = ((int64) itm.tm_year * MONTHS_PER_YEAR + itm.tm_mon) * DAYS_PER_MONTH +
+		itm.tm_mday;
+	if (pg_mul_s64_overflow(days, SECS_PER_DAY, &total) ||
+		pg_add_s64_overflow(total, itm.tm_usec / USECS_PER_SEC, &total))
+		return false;
+	if (total < 0 || total > INT_MAX)
+		return false;
+	*seconds = (int) total;
+	return true;
+}
+
+/*
+ * A duration setting: what a setting in seconds takes ('3600', '30d',
+ * '12h') or interval syntax ('30 days'); 0 means none.  The seconds go to
+ * the assign hook as the extra.
+ */
+static bool
+check_duration(char **newval, void **extra, GucSource source)
+{
+	int			seconds;
+	int		   *result;
+
+	if (!parse_int(*newval, &seconds, GUC_UNIT_S, NULL) &&
+		!parse_interval_seconds(*newval, &seconds))
+	{
+		GUC_check_errdetail("A duration is an interval such as '30 days' or '1 hour', or seconds, from 0 (none) to 68 years.");
+		return false;
+	}
+	if (seconds < 0)
+	{
+		GUC_check_errdetail("A duration must not be negative; 0 means none.");
+		return false;
+	}
+	result = guc_malloc(LOG, sizeof(int));
+	if (result == NULL)
+		return false;
+	*result = seconds;
+	*extra = result;
+	return true;
+}
+
+static void
+assign_default_ttl(const char *newval, void *extra)
+{
+	tokenstore_default_ttl = *(int *) extra;
+}
+
+static void
+assign_default_idle_timeout(const char *newval, void *extra)
+{
+	tokenstore_default_idle_timeout = *(int *) extra;
 }
 
 /* A tokenstore process that runs as long as the server (a bgworker). */
@@ -249,20 +329,20 @@ _PG_init(void)
 							   "tks_",
 							   PGC_SIGHUP, 0,
 							   check_token_prefix, NULL, NULL);
-	DefineCustomIntVariable("tokenstore.default_ttl",
-							"Absolute lifetime of a token made without a ttl (0: none).",
-							NULL,
-							&tokenstore_default_ttl,
-							0, 0, INT_MAX,
-							PGC_USERSET, GUC_UNIT_S,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("tokenstore.default_idle_timeout",
-							"Idle timeout of a token made without one (0: none).",
-							NULL,
-							&tokenstore_default_idle_timeout,
-							0, 0, INT_MAX,
-							PGC_USERSET, GUC_UNIT_S,
-							NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.default_ttl",
+							   "Absolute lifetime of a token made without a ttl, such as '30 days' (0: none).",
+							   NULL,
+							   &default_ttl_text,
+							   "30 days",
+							   PGC_USERSET, 0,
+							   check_duration, assign_default_ttl, NULL);
+	DefineCustomStringVariable("tokenstore.default_idle_timeout",
+							   "Idle timeout of a token made without one, such as '2 hours' (0: none).",
+							   NULL,
+							   &default_idle_timeout_text,
+							   "0",
+							   PGC_USERSET, 0,
+							   check_duration, assign_default_idle_timeout, NULL);
 	DefineCustomEnumVariable("tokenstore.login_mode",
 							 "Login mode of token_make calls that give none: multi, single or share.",
 							 NULL,

@@ -520,13 +520,17 @@ static void
 values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
 {
 	bool		isnull;
-	text	   *user_id = DatumGetTextPP(column(trigdata, tuple, "user_id", &isnull));
+	Datum		user = column(trigdata, tuple, "user_id", &isnull);
+	text	   *user_id = isnull ? NULL : DatumGetTextPP(user);
 	Datum		idle = column(trigdata, tuple, "idle_timeout", &isnull);
 
 	memset(values, 0, sizeof(*values));
 	/* the table's CHECK constraint guarantees at most 64 bytes */
-	values->user_len = Min(VARSIZE_ANY_EXHDR(user_id), CACHE_USER_ID_MAX);
-	memcpy(values->user_id, VARDATA_ANY(user_id), values->user_len);
+	if (user_id != NULL)
+	{
+		values->user_len = Min(VARSIZE_ANY_EXHDR(user_id), CACHE_USER_ID_MAX);
+		memcpy(values->user_id, VARDATA_ANY(user_id), values->user_len);
+	}
 	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DEADLINE_NONE);
 	values->idle_us = isnull ? 0 : DatumGetIntervalP(idle)->time;
 }

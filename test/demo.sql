@@ -1,6 +1,6 @@
 -- The demo session of `make demo`: every tokenstore function once.
 \pset footer off
--- start from a clean slate, so the demo can run again
+-- start from a clean slate, so the demo can run again (other users stay)
 SELECT tokenstore.token_delete_user('alice') + tokenstore.token_delete_user('bob') AS cleared;
 
 -- log alice in twice (two devices); keep the tokens in psql variables
@@ -36,3 +36,13 @@ SELECT tokenstore.token_delete_id(token_id) FROM tokenstore.token_list('alice') 
 SELECT tokenstore.token_delete_user('alice', keep_token => :'laptop') AS signed_out_elsewhere;
 SELECT tokenstore.token_delete_user('alice') AS signed_out;
 SELECT tokenstore.token_sweep() AS swept;
+
+-- a web framework's session store: a visitor's session (no user yet), its
+-- data on every request, and sign-in (a new id, the user attached)
+SELECT tokenstore.token_save('demo-session-0123456789abcdef', NULL,
+							 convert_to('{"cart": [42]}', 'UTF8'), now() + interval '2 hours') AS new_session;
+SELECT convert_from(tokenstore.token_data('demo-session-0123456789abcdef'), 'UTF8') AS session_data;
+SELECT tokenstore.token_rotate('demo-session-0123456789abcdef', user_id => 'carol') AS signed_in \gset
+SELECT tokenstore.token_user(:'signed_in') AS user_id,
+	   convert_from(tokenstore.token_data(:'signed_in'), 'UTF8') AS data_kept;
+SELECT tokenstore.token_delete(:'signed_in') AS signed_out;

@@ -17,7 +17,8 @@
 # (PG_VERSIONS and PG_CONFIG are read from the environment when this script
 # is run directly.)  PROVE_FLAGS in the environment (say -j2) is handed to
 # prove, and PROVE_TESTS (say test/t/019_pg_upgrade.pl) picks the TAP
-# scripts.  TOKENSTORE_CHROOT_DIR: see test/chroot.sh.
+# scripts (and skips the adapters' suites, test/contrib.sh, which run on
+# the host's major only).  TOKENSTORE_CHROOT_DIR: see test/chroot.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SRC=$PWD
@@ -312,6 +313,23 @@ run_suite() {
 	major_failed=$((major_failed + res_f))
 }
 
+# run_contrib: the reference adapters' suites (test/contrib.sh), as root
+# on the host, against the build just installed; counted like pg_regress.
+run_contrib() {
+	local log="$WORK/contrib.log" t0=$SECONDS res_p res_f
+	echo "== contrib"
+	bash "$WORK/test/contrib.sh" >"$log" 2>&1
+	regress_results "$log"
+	if ((res_f > 0 || res_p == 0)); then
+		((res_f == 0)) && res_f=1
+		echo "-- contrib failed; its output:"
+		grep -vE "$RESULT_OK" "$log" | tail -n 120
+	fi
+	echo "-- contrib: $res_p passed, $res_f failed ($((SECONDS - t0)) s)"
+	major_passed=$((major_passed + res_p))
+	major_failed=$((major_failed + res_f))
+}
+
 # run_major MAJOR: build and every suite on one major; adds to the totals.
 run_major() {
 	local major=$1 where t0=$SECONDS major_passed=0 major_failed=0
@@ -329,6 +347,7 @@ run_major() {
 	run_suite regress regresscheck regress_results
 	run_suite isolation isolationcheck regress_results
 	run_suite tap tapcheck prove_results
+	[[ -n $ROOT || -n ${PROVE_TESTS:-} ]] || run_contrib
 	finish_major "$major"
 	passed=$((passed + major_passed))
 	failed=$((failed + major_failed))

@@ -34,3 +34,29 @@ CONF
 stop_server() {
 	as_postgres "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
 }
+
+# The benchmarks' helpers.
+# bench_part [--rows]: the settings of a benchmark that run.sh calls for
+# rows of its table (--rows: run.sh has set everything up) or that runs
+# alone (then set up first); sets rows_only.
+bench_part() {
+	rows_only=0
+	case "${1:-}" in
+	--rows) rows_only=1 ;;
+	"") ;;
+	*)
+		echo "usage: $0 [--rows]" >&2
+		exit 2
+		;;
+	esac
+	((rows_only)) || bash test/setup.sh >/dev/null
+	RUN_SECONDS=${BENCH_SECONDS:-10}
+	CLIENTS=${BENCH_CLIENTS:-4}
+	ROUNDS=${BENCH_ROUNDS:-3}
+}
+# quiesce: write back uses and dead rows, so that no measurement pays for the last one
+quiesce() {
+	sql -c "SELECT tokenstore.token_flush()" -c "VACUUM (ANALYZE)" -c "CHECKPOINT" >/dev/null
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }

@@ -22,22 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-rows_only=0
-case "${1:-}" in
---rows) rows_only=1 ;;
-"") ;;
-*)
-	echo "usage: $0 [--rows]" >&2
-	exit 2
-	;;
-esac
-# run.sh has done the set-up already
-((rows_only)) || bash test/setup.sh >/dev/null
-
 . test/server.sh
-RUN_SECONDS=${BENCH_SECONDS:-10}
-CLIENTS=${BENCH_CLIENTS:-4}
-ROUNDS=${BENCH_ROUNDS:-3}
+bench_part "$@"
 PORT=$((${BENCH_PORT:-54398} + 1))
 REDIS_PORT=$((${BENCH_PORT:-54398} + 2))
 LAG_SECONDS=$((RUN_SECONDS > 10 ? RUN_SECONDS : 10))
@@ -100,11 +86,6 @@ tps() {
 	fi
 	awk '/^tps/ {printf "%.0f", $3}' <<<"$out"
 }
-quiesce() {
-	sql -c "SELECT tokenstore.token_flush()" -c "VACUUM (ANALYZE)" -c "CHECKPOINT" >/dev/null
-}
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 # wait_fanout off|up: until tokenstore.redis_stats shows that state (and,
 # for up, nothing queued), at most 120 s

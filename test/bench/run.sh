@@ -58,12 +58,6 @@ warm() {
 	sql -c "SELECT count(tokenstore.token_user('bench-token-' || lpad(i::text, 12, '0')))
 			  FROM generate_series(1, $1) i" >/dev/null
 }
-# write back uses and dead rows, so that no measurement pays for the last one
-quiesce() {
-	sql -c "SELECT tokenstore.token_flush()" -c "VACUUM (ANALYZE)" -c "CHECKPOINT" >/dev/null
-}
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 sql -f "$DIR/setup.sql" >/dev/null
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
@@ -209,3 +203,4 @@ TABLE
 
 # 6. the Redis fan-out, on servers of its own: rows continuing the table
 bash test/bench/redis.sh --rows
+bash test/bench/session.sh --rows

@@ -17,7 +17,9 @@ my $redis = TokenstoreRedis->new(password => 'happy-path-secret');
 my $node = TokenstoreTest::node('redis',
 	conf => "tokenstore.redis_url = '" . $redis->url . "'\n"
 	  . "tokenstore.flush_interval = '200ms'\n"
-	  . "tokenstore.sweep_interval = '1s'\n");
+	  . "tokenstore.sweep_interval = '1s'\n"
+	  # "without ttl" below means without a deadline, not the default one
+	  . "tokenstore.default_ttl = 0\n");
 my $db = 'postgres';
 my $redis_stats = 'SELECT %s FROM tokenstore.redis_stats';
 my @tokens;    # every token made, none of which may ever be in Redis

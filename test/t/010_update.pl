@@ -73,7 +73,7 @@ TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) 
 # Objects of a version the library does not know: refused, with what to do.
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '0.9' WHERE extname = 'tokenstore'");
 my ($ret, $out, $err) = $node->psql($db, "SELECT tokenstore.token_make('kim')");
-like($err, qr/SQL objects are at version 0\.9, its library at version 1\.1.*\n.*ALTER EXTENSION tokenstore UPDATE/,
+like($err, qr/SQL objects are at version 0\.9, its library at version 1\.2.*\n.*ALTER EXTENSION tokenstore UPDATE/,
 	'SQL objects of an unknown version: an error that says to run ALTER EXTENSION ... UPDATE');
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'tokenstore'");
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')"),
@@ -83,7 +83,7 @@ is($ret, 0, 'the 1.0 stats view answers');
 
 $node->safe_psql($db, 'ALTER EXTENSION tokenstore UPDATE');
 is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
-	'1.1', 'the update reaches 1.1');
+	'1.2', 'the update reaches 1.2');
 
 foreach my $name (sort keys %token)
 {
@@ -143,5 +143,32 @@ $node->safe_psql($db, 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION tokenstore');
 is($node->safe_psql('fresh', $schema), $updated,
 	'an updated database has the objects, constraints, triggers and privileges of a new one');
+
+# 1.1 to 1.2: served as 1.1 until the update; token_rotate, whose signature
+# grew, keeps its grants; the new functions wait for the README's grant
+$node->safe_psql($db, 'CREATE DATABASE v11');
+$node->safe_psql('v11', "CREATE EXTENSION tokenstore VERSION '1.1'");
+$node->safe_psql('v11',
+	'GRANT USAGE ON SCHEMA tokenstore TO app; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO app');
+my $v11 = $node->safe_psql('v11', "SELECT tokenstore.token_make('lea')", extra_params => [ '-U', 'app' ]);
+my $v11_heir = $node->safe_psql('v11', "SELECT tokenstore.token_rotate('$v11', '1 hour')",
+	extra_params => [ '-U', 'app' ]);
+is($node->safe_psql('v11', "SELECT tokenstore.token_user('$v11') || tokenstore.token_user('$v11_heir')"),
+	'lealea', 'under 1.1 objects this library makes, rotates and checks tokens');
+$node->safe_psql('v11', 'ALTER EXTENSION tokenstore UPDATE');
+is($node->safe_psql('v11', "SELECT tokenstore.token_rotate('$v11_heir') IS NOT NULL",
+		extra_params => [ '-U', 'app' ]),
+	't', 'after the update to 1.2 the application may still rotate');
+($ret, $out, $err) = $node->psql('v11',
+	"SELECT tokenstore.token_save('session-id-1234567890', NULL, 'x', NULL)",
+	extra_params => [ '-U', 'app' ]);
+like($err, qr/permission denied for function token_save/,
+	'the new functions are not granted by the update');
+$node->safe_psql('v11', 'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA tokenstore TO app');
+is($node->safe_psql('v11', "SELECT tokenstore.token_save('session-id-1234567890', NULL, 'x', NULL)",
+		extra_params => [ '-U', 'app' ]),
+	't', 'the README grant, run again, gives them');
+is($node->safe_psql('v11', 'SELECT count(*) FROM tokenstore.token_list(\'lea\')'),
+	'2', 'the tokens of 1.1 are all there (one in its grace period, one heir)');
 
 done_testing();

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The session-store benchmark: what a web framework's store costs per
+# request, tokenstore against the limit of any function (a SELECT of the
+# same expression) and against a plain upsert table store (connect-pg-simple's
+# schema: sid, sess json, expire).  Starts a private PostgreSQL server with
+# tokenstore preloaded; 100k sessions of 2 kB each in both stores; then, in
+# interleaved rounds (the table shows medians):
+#   - find: token_data / the limit / SELECT sess ... WHERE sid = $1;
+#   - a request that finds the session and keeps it alive (idle mode):
+#     token_data + token_touch / SELECT + UPDATE ... SET expire;
+# and WAL bytes per save of a 2 kB session (one transaction each, as
+# requests do), with the share of HOT updates among them.
+# Nothing here is asserted: the targets are printed next to the results.
+#
+# Run alone: `bash test/bench/session.sh` prints a table of its own;
+# `--rows` (as test/bench/run.sh calls it) only the rows.  Settings as in
+# run.sh: BENCH_SECONDS, BENCH_CLIENTS, BENCH_ROUNDS; BENCH_PORT + 3 is its
+# port.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+. test/server.sh
+bench_part "$@"
+PORT=$((${BENCH_PORT:-54398} + 3))
+SESSIONS=100000
+SAVES=2000
+DIR=$(mktemp -d /tmp/tokenstore-session-bench.XXXXXX)
+chown postgres: "$DIR"
+trap 'stop_server; rm -rf "$DIR"' EXIT
+
+# the pgbench scripts: one session id per transaction, at random
+sid="'bench-session-' || lpad(:i::text, 12, '0')"
+script() { printf '\\set i random(1, %d)\n%s\n' "$SESSIONS" "$2" >"$DIR/$1.sql"; }
+script limit "SELECT $sid;"
+script find "SELECT tokenstore.token_data($sid);"
+script plain_find "SELECT sess FROM bench.session WHERE sid = $sid AND expire >= now();"
+script request "SELECT tokenstore.token_data($sid);
+SELECT tokenstore.token_touch($sid);"
+script plain_request "SELECT sess FROM bench.session WHERE sid = $sid AND expire >= now();
+UPDATE bench.session SET expire = now() + interval '1 day' WHERE sid = $sid;"
+script save "SELECT tokenstore.token_save($sid, NULL, (SELECT payload FROM bench.payload), now() + interval '1 day');"
+script plain_save "INSERT INTO bench.session (sid, sess, expire)
+	VALUES ($sid, (SELECT convert_from(payload, 'UTF8')::json FROM bench.payload), now() + interval '1 day')
+	ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expire = excluded.expire;"
+chown postgres: "$DIR"/*.sql
+
+start_server 2000000
+sql >/dev/null <<'SQL'
+CREATE EXTENSION tokenstore;
+CREATE SCHEMA bench;
+-- connect-pg-simple's table, as its README creates it
+CREATE TABLE bench.session (sid varchar NOT NULL PRIMARY KEY, sess json NOT NULL,
+							expire timestamp(6) NOT NULL);
+CREATE INDEX ON bench.session (expire);
+-- 2 kB of JSON: 32 keys of 64 hexadecimal digits, the same for both stores
+CREATE TABLE bench.payload AS
+	SELECT convert_to('{' || string_agg(format('"k%s": "%s%s"', i, md5(i::text), md5((-i)::text)), ', ') || '}', 'UTF8') AS payload
+	  FROM generate_series(1, 32) i;
+SQL
+sql -c "SELECT count(tokenstore.token_save('bench-session-' || lpad(i::text, 12, '0'), NULL,
+			(SELECT payload FROM bench.payload), now() + interval '1 day', '2 hours'))
+		  FROM generate_series(1, $SESSIONS) i" \
+	-c "INSERT INTO bench.session
+		SELECT 'bench-session-' || lpad(i::text, 12, '0'),
+			   (SELECT convert_from(payload, 'UTF8')::json FROM bench.payload), now() + interval '1 day'
+		  FROM generate_series(1, $SESSIONS) i" >/dev/null
+
+tps() {
+	as_postgres "$BIN/pgbench" -h "$DIR" -p "$PORT" -n -M prepared -c "$CLIENTS" -j 2 \
+		-T "$RUN_SECONDS" -f "$DIR/$1.sql" postgres 2>&1 | awk '/^tps/ {printf "%.0f", $3}'
+}
+
+# WAL bytes per save, and the share of HOT updates: SAVES saves by one
+# client.  Full-page images are off meanwhile: right after a checkpoint they
+# would be most of it, for both stores alike, and say nothing of the saves.
+wal_per_save() {
+	local table=$1 before after
+	quiesce
+	before=$(sql -c "SELECT pg_current_wal_insert_lsn(), n_tup_upd, n_tup_hot_upd
+					   FROM pg_stat_user_tables WHERE relid = '$table'::regclass")
+	as_postgres "$BIN/pgbench" -h "$DIR" -p "$PORT" -n -M prepared -c 1 -t "$SAVES" \
+		-f "$DIR/$2.sql" postgres >/dev/null
+	sleep 1 # the statistics collector (15) reports within 500 ms
+	after=$(sql -c "SELECT pg_current_wal_insert_lsn(), n_tup_upd, n_tup_hot_upd
+					  FROM pg_stat_user_tables WHERE relid = '$table'::regclass")
+	sql -c "SELECT round(pg_wal_lsn_diff(split_part('$after', '|', 1)::pg_lsn,
+										  split_part('$before', '|', 1)::pg_lsn) / $SAVES)
+				   || '|' || round(100.0 * (split_part('$after', '|', 3)::bigint - split_part('$before', '|', 3)::bigint)
+								   / greatest(split_part('$after', '|', 2)::bigint - split_part('$before', '|', 2)::bigint, 1))"
+}
+
+r_limit=() r_find=() r_plain_find=() r_request=() r_plain_request=()
+for _ in $(seq 1 "$ROUNDS"); do
+	quiesce
+	r_limit+=("$(tps limit)")
+	r_find+=("$(tps find)")
+	r_plain_find+=("$(tps plain_find)")
+	r_request+=("$(tps request)")
+	r_plain_request+=("$(tps plain_request)")
+done
+t_limit=$(median "${r_limit[@]}")
+t_find=$(median "${r_find[@]}")
+t_plain_find=$(median "${r_plain_find[@]}")
+t_request=$(median "${r_request[@]}")
+t_plain_request=$(median "${r_plain_request[@]}")
+sql -c "ALTER SYSTEM SET full_page_writes = off" -c "SELECT pg_reload_conf()" >/dev/null
+IFS='|' read -r wal_save hot_save <<<"$(wal_per_save tokenstore.token save)"
+IFS='|' read -r wal_plain hot_plain <<<"$(wal_per_save bench.session plain_save)"
+sql -c "ALTER SYSTEM RESET full_page_writes" -c "SELECT pg_reload_conf()" >/dev/null
+
+if ((!rows_only)); then
+	echo "machine: $(nproc) cores; pgbench -M prepared -c $CLIENTS -j 2 -T $RUN_SECONDS, median of $ROUNDS interleaved rounds; PostgreSQL $(sql -c 'SHOW server_version')"
+	echo
+	echo "| measurement | result | target |"
+	echo "|---|---|---|"
+fi
+cat <<TABLE
+| sessions: find (\`token_data\`), 100k sessions of 2 kB | $t_find tps | |
+| sessions: the limit, \`SELECT\` of the id expression | $t_limit tps | |
+| sessions: a plain store's find (connect-pg-simple) | $t_plain_find tps | |
+| **find / limit** | **$(ratio "$t_find" "$t_limit")** | ≥ 0.9 |
+| **find / plain store** | **$(ratio "$t_find" "$t_plain_find")** | |
+| sessions: a request, find + touch (idle mode) | $t_request tps | |
+| sessions: a plain store's request, find + \`UPDATE … expire\` | $t_plain_request tps | |
+| **request / plain store** | **$(ratio "$t_request" "$t_plain_request")** | ≥ 3 |
+| WAL per save of a 2 kB session (no full-page images): \`token_save\` | $wal_save bytes ($hot_save % HOT) | ≤ the plain store's |
+| WAL per save of a 2 kB session (no full-page images): plain upsert | $wal_plain bytes ($hot_plain % HOT) | |
+TABLE
