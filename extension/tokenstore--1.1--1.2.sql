@@ -6,14 +6,51 @@
  * kept byte for byte, and the functions token_save, token_data,
  * token_touch, token_sessions and token_delete_sessions.  token_rotate
  * gains user_id and new_token (sign-in): it is created anew, with the
- * grants the old one had, so the application keeps its rights.  Every
- * token stays as it was.
+ * grants the old one had, so the application keeps its rights.  The sweep
+ * finds rows by one lower bound of their deadline (sweep_at), so that
+ * saves and refreshes that extend a token are HOT updates.  Every token
+ * stays as it was.
  */
 
 \echo Use "ALTER EXTENSION tokenstore UPDATE TO '1.2'" to load this file. \quit
 
 ALTER TABLE tokenstore.token ALTER COLUMN user_id DROP NOT NULL;
 ALTER TABLE tokenstore.token ADD COLUMN data bytea;
+
+/*
+ * One lower bound of the deadline, sweep_at, in place of the index on
+ * expires_at and of idle_sweep_at: a save or a refresh that extends a token
+ * becomes a HOT update.
+ */
+ALTER TABLE tokenstore.token ADD COLUMN sweep_at timestamptz;
+UPDATE tokenstore.token
+   SET sweep_at = LEAST(expires_at, idle_sweep_at)	-- (LEAST is syntax, not a function)
+ WHERE expires_at IS NOT NULL OR idle_sweep_at IS NOT NULL;
+DROP TRIGGER token_idle_sweep_at ON tokenstore.token;
+DROP TRIGGER token_idle_sweep_at_edit ON tokenstore.token;
+DROP FUNCTION tokenstore_internal.token_idle_sweep_at();
+DROP INDEX tokenstore.token_expires_at_idx;
+DROP INDEX tokenstore.token_idle_idx;
+ALTER TABLE tokenstore.token DROP COLUMN idle_sweep_at;
+COMMENT ON COLUMN tokenstore.token.sweep_at IS
+	'when the sweep looks at the row next, never after its deadline (set by a trigger; NULL: no deadline)';
+CREATE INDEX token_sweep_idx ON tokenstore.token (sweep_at)
+	WHERE sweep_at IS NOT NULL;
+CREATE FUNCTION tokenstore_internal.token_sweep_at()
+	RETURNS trigger
+	AS 'MODULE_PATHNAME', 'token_sweep_at'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION tokenstore_internal.token_sweep_at() FROM PUBLIC;
+CREATE TRIGGER token_sweep_at BEFORE INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_sweep_at();
+CREATE TRIGGER token_sweep_at_edit BEFORE UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (NEW.expires_at IS DISTINCT FROM OLD.expires_at
+		  OR NEW.idle_timeout IS DISTINCT FROM OLD.idle_timeout
+		  OR NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at)
+	EXECUTE FUNCTION tokenstore_internal.token_sweep_at();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at_edit;
 COMMENT ON COLUMN tokenstore.token.user_id IS
 	'the token''s user; NULL: an anonymous session (token_save), which no per-user rule or list touches';
 COMMENT ON COLUMN tokenstore.token.data IS

@@ -108,9 +108,9 @@ CREATE TABLE tokenstore.token (
 			AND pg_catalog.date_part('day', idle_timeout) OPERATOR(pg_catalog.=) 0
 			AND pg_catalog.date_part('month', idle_timeout) OPERATOR(pg_catalog.=) 0),
 	share_secret	bytea,
-	idle_sweep_at	timestamptz,
 	rotated_at		timestamptz,
-	data			bytea
+	data			bytea,
+	sweep_at		timestamptz
 ) WITH (fillfactor = 90);
 
 COMMENT ON TABLE tokenstore.token IS
@@ -121,8 +121,8 @@ COMMENT ON COLUMN tokenstore.token.data IS
 	'sessions only (token_save): the framework''s payload, byte for byte';
 COMMENT ON COLUMN tokenstore.token.expires_at IS
 	'absolute deadline (NULL: none); the idle deadline is last_used_at + idle_timeout';
-COMMENT ON COLUMN tokenstore.token.idle_sweep_at IS
-	'idle timeout only: when the sweep looks at the row next, never after its idle deadline (set by a trigger)';
+COMMENT ON COLUMN tokenstore.token.sweep_at IS
+	'when the sweep looks at the row next, never after its deadline (set by a trigger; NULL: no deadline)';
 COMMENT ON COLUMN tokenstore.token.share_secret IS
 	'share-mode tokens only: the token, sealed with the key in $PGDATA/tokenstore.key';
 COMMENT ON COLUMN tokenstore.token.rotated_at IS
@@ -130,29 +130,30 @@ COMMENT ON COLUMN tokenstore.token.rotated_at IS
 
 CREATE INDEX token_user_id_idx ON tokenstore.token (user_id);
 /*
- * The sweep walks these, oldest deadline first.  No index covers
- * last_used_at, so that the worker's flushes are HOT updates (fillfactor
- * leaves them room); idle_sweep_at stands in for the idle deadline.
+ * The sweep walks this, oldest first.  sweep_at stands in for the deadline:
+ * a lower bound that only moves earlier with the row (the sweep moves it
+ * later), so that no index covers a column that uses, refreshes and
+ * sessions' saves move: the worker's flushes and a save that extends a
+ * session are HOT updates (fillfactor leaves them room).
  */
-CREATE INDEX token_expires_at_idx ON tokenstore.token (expires_at)
-	WHERE expires_at IS NOT NULL;
-CREATE INDEX token_idle_idx ON tokenstore.token (idle_sweep_at)
-	WHERE idle_sweep_at IS NOT NULL;
+CREATE INDEX token_sweep_idx ON tokenstore.token (sweep_at)
+	WHERE sweep_at IS NOT NULL;
 
-CREATE FUNCTION tokenstore_internal.token_idle_sweep_at()
+CREATE FUNCTION tokenstore_internal.token_sweep_at()
 	RETURNS trigger
-	AS 'MODULE_PATHNAME', 'token_idle_sweep_at'
+	AS 'MODULE_PATHNAME', 'token_sweep_at'
 	LANGUAGE C;
-CREATE TRIGGER token_idle_sweep_at BEFORE INSERT ON tokenstore.token
-	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_idle_sweep_at();
-/* an operator's edit may move the idle deadline earlier; a flush never does */
-CREATE TRIGGER token_idle_sweep_at_edit BEFORE UPDATE ON tokenstore.token
+CREATE TRIGGER token_sweep_at BEFORE INSERT ON tokenstore.token
+	FOR EACH ROW EXECUTE FUNCTION tokenstore_internal.token_sweep_at();
+/* a deadline set earlier (or a use moved back by hand) moves sweep_at earlier */
+CREATE TRIGGER token_sweep_at_edit BEFORE UPDATE ON tokenstore.token
 	FOR EACH ROW
-	WHEN (NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at
-		  OR NEW.idle_timeout IS DISTINCT FROM OLD.idle_timeout)
-	EXECUTE FUNCTION tokenstore_internal.token_idle_sweep_at();
-ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at;
-ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_idle_sweep_at_edit;
+	WHEN (NEW.expires_at IS DISTINCT FROM OLD.expires_at
+		  OR NEW.idle_timeout IS DISTINCT FROM OLD.idle_timeout
+		  OR NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at)
+	EXECUTE FUNCTION tokenstore_internal.token_sweep_at();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at;
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at_edit;
 
 /* Tokens belong in pg_dump's output; the sealing key does not. */
 SELECT pg_catalog.pg_extension_config_dump('tokenstore.token', '');

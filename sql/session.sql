@@ -126,6 +126,24 @@ SELECT tokenstore.token_delete_sessions() AS cleared;
 SELECT count(*) AS sessions_left FROM tokenstore.token_sessions();
 SELECT tokenstore.token_user(:'none_tok') AS api_token_kept;
 
+-- saves that extend a session are HOT updates: no index covers what they move
+SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', NULL, '\x0d', now() + interval '1 hour') AS created;
+BEGIN;
+-- (these counters hold this backend's stats not yet reported: count the difference)
+SELECT pg_stat_get_xact_tuples_updated('tokenstore.token'::regclass) AS updates_before,
+	   pg_stat_get_xact_tuples_hot_updated('tokenstore.token'::regclass) AS hot_before \gset
+SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', NULL, '\x0e', now() + interval '2 hours') AS created;
+SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', NULL, '\x0f', now() + interval '3 hours',
+							 info => '{"rolling": true}') AS created;
+SELECT pg_stat_get_xact_tuples_updated('tokenstore.token'::regclass) - :updates_before AS updates,
+	   pg_stat_get_xact_tuples_hot_updated('tokenstore.token'::regclass) - :hot_before AS hot;
+COMMIT;
+-- and the sweep still finds a session whose deadline a save moved earlier
+SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', NULL, '\x10', now() - interval '1 second') AS created;
+SELECT tokenstore.token_sweep() >= 1 AS swept;
+SELECT NOT EXISTS (SELECT FROM tokenstore.token
+				   WHERE token_hash = sha256(convert_to('session-id-gggggggggggggggggggg', 'UTF8'))) AS gone;
+
 -- a save and a find in one transaction see each other
 BEGIN;
 SELECT tokenstore.token_save('session-id-ffffffffffffffffffff', NULL, '\x0c', 'infinity') AS created;

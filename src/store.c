@@ -112,6 +112,8 @@ typedef enum StoreStmt
 	STMT_FLUSH,
 	STMT_LIVE_PAGE,
 	STMT_LIVE_AMONG,
+	STMT_SWEEP_LATER,
+	STMT_SWEEP,
 	STMT_SAVE,
 	STMT_FIND_DATA,
 	STMT_SESSIONS,
@@ -219,7 +221,10 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"   ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
-	/* the stored last use is never later than the real one: a prefilter */
+	/*
+	 * Under the SQL objects of 1.0 and 1.1: one index per kind of deadline,
+	 * idle_sweep_at a lower bound of the idle one.
+	 */
 	/* idle_sweep_at is due, but the token was used since: look again later */
 	[STMT_SWEEP_IDLE_LATER] = {
 		"UPDATE tokenstore.token SET idle_sweep_at = " LAST_USED " + idle_timeout"
@@ -234,6 +239,26 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" (SELECT token_hash FROM tokenstore.token"
 		"   WHERE idle_sweep_at <= $1 AND " LAST_USED " + idle_timeout <= $1"
 		"   ORDER BY idle_sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	},
+	/*
+	 * sweep_at, a lower bound of the row's deadline, is due but the token is
+	 * live (extended, or used since): look again at its real deadline.
+	 */
+	[STMT_SWEEP_LATER] = {
+		"UPDATE tokenstore.token"
+		"   SET sweep_at = least(expires_at, " LAST_USED " + idle_timeout)"
+		" WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token"
+		"   WHERE sweep_at <= $1 AND " LIVE("$1")
+		"   ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		2, {TIMESTAMPTZOID, INT4OID}
+	},
+	[STMT_SWEEP] = {
+		"DELETE FROM tokenstore.token WHERE token_hash IN"
+		" (SELECT token_hash FROM tokenstore.token"
+		"   WHERE sweep_at <= $1 AND NOT " LIVE("$1")
+		"   ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/*
@@ -1126,15 +1151,20 @@ store_delete_sessions(TimestampTz now, bool anonymous_only)
 }
 
 /*
- * Delete up to `batch` rows past their absolute deadline and up to `batch`
- * past their idle one, oldest first along an index, skipping rows other
- * transactions hold; returns how many went.
+ * Delete up to `batch` dead rows, oldest deadline first along the sweep's
+ * index (1.0 and 1.1: up to `batch` of each kind of deadline), skipping rows
+ * other transactions hold; returns how many went.
  */
 int64
 store_sweep(TimestampTz now, int batch)
 {
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
 
+	if (schema == SCHEMA_CURRENT)
+	{
+		(void) store_exec(STMT_SWEEP_LATER, values, NULL, 0);
+		return (int64) store_exec(STMT_SWEEP, values, NULL, 0);
+	}
 	(void) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
 	return (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));

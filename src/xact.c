@@ -121,6 +121,7 @@ static object_access_hook_type prev_object_access_hook = NULL;
 
 PG_FUNCTION_INFO_V1(token_cache_sync);
 PG_FUNCTION_INFO_V1(token_idle_sweep_at);
+PG_FUNCTION_INFO_V1(token_sweep_at);
 
 static void
 forget_pending(void)
@@ -481,7 +482,19 @@ timestamp_of(TriggerData *trigdata, HeapTuple tuple, const char *name,
 	return isnull ? if_null : DatumGetTimestampTz(d);
 }
 
+/* The tuple with one column set, for a BEFORE trigger to return. */
+static HeapTuple
+with_column(TriggerData *trigdata, HeapTuple tuple, const char *name,
+			Datum value, bool isnull)
+{
+	int			attnum = column_number(trigdata, name);
+
+	return heap_modify_tuple_by_cols(tuple, trigdata->tg_relation->rd_att,
+									 1, &attnum, &value, &isnull);
+}
+
 /*
+ * (SQL objects of 1.0 and 1.1.)
  * BEFORE INSERT, and BEFORE an UPDATE that moves the idle deadline earlier:
  * idle_sweep_at becomes the idle deadline.  Uses only move the real deadline
  * later, so it stays a lower bound that the sweep moves forward; no index
@@ -492,7 +505,6 @@ token_idle_sweep_at(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	HeapTuple	tuple;
-	int			attnum;
 	Datum		idle;
 	Datum		value = (Datum) 0;
 	bool		isnull;
@@ -510,10 +522,8 @@ token_idle_sweep_at(PG_FUNCTION_ARGS)
 												   DatumGetIntervalP(idle)->time,
 												   used));
 	}
-	attnum = column_number(trigdata, "idle_sweep_at");
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple,
-													 trigdata->tg_relation->rd_att,
-													 1, &attnum, &value, &isnull));
+	return PointerGetDatum(with_column(trigdata, tuple, "idle_sweep_at",
+									   value, isnull));
 }
 
 static void
@@ -533,6 +543,37 @@ values_of(TriggerData *trigdata, HeapTuple tuple, CacheValues *values)
 	}
 	values->expires_at = timestamp_of(trigdata, tuple, "expires_at", DEADLINE_NONE);
 	values->idle_us = isnull ? 0 : DatumGetIntervalP(idle)->time;
+}
+
+/*
+ * BEFORE INSERT: sweep_at becomes the row's deadline (NULL: none).  BEFORE
+ * an UPDATE of a deadline (or of a use, moved back by hand): it becomes the
+ * new deadline only when that is earlier.  So sweep_at stays a lower bound
+ * of the deadline, and a save or a refresh that extends a token changes no
+ * indexed column: a HOT update.  The sweep moves a bound that came due on a
+ * live row to its real deadline.
+ */
+Datum
+token_sweep_at(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	CacheValues values;
+	TimestampTz deadline;
+
+	check_trigger_call(fcinfo, "token_sweep_at");
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	values_of(trigdata, tuple, &values);
+	deadline = token_deadline(values.expires_at, values.idle_us,
+							  timestamp_of(trigdata, tuple, "last_used_at",
+										   DT_NOBEGIN));
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) &&
+		timestamp_of(trigdata, tuple, "sweep_at", DEADLINE_NONE) <= deadline)
+		return PointerGetDatum(tuple);
+	return PointerGetDatum(with_column(trigdata, tuple, "sweep_at",
+									   TimestampTzGetDatum(deadline),
+									   deadline == DEADLINE_NONE));
 }
 
 /*
