@@ -988,9 +988,10 @@ token_sweep(PG_FUNCTION_ARGS)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int64		swept;
+	bool		more;
 
 	store_begin();
-	swept = store_sweep(now, PG_INT32_MAX);
+	swept = store_sweep(now, PG_INT32_MAX, &more);
 	store_end();
 	event_count("sweep", NULL, swept);
 	PG_RETURN_INT64(swept);

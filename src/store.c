@@ -112,7 +112,6 @@ typedef enum StoreStmt
 	STMT_FLUSH,
 	STMT_LIVE_PAGE,
 	STMT_LIVE_AMONG,
-	STMT_SWEEP_LATER,
 	STMT_SWEEP,
 	STMT_SAVE,
 	STMT_FIND_DATA,
@@ -242,23 +241,24 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/*
-	 * sweep_at, a lower bound of the row's deadline, is due but the token is
-	 * live (extended, or used since): look again at its real deadline.
+	 * The rows whose sweep_at, a lower bound of their deadline, is due, the
+	 * earliest first: the dead ones go; a live one (extended, or used
+	 * since) gets its real deadline to be looked at then.  Returns how many
+	 * went and how many were put off.
 	 */
-	[STMT_SWEEP_LATER] = {
-		"UPDATE tokenstore.token"
-		"   SET sweep_at = least(expires_at, " LAST_USED " + idle_timeout)"
-		" WHERE token_hash IN"
-		" (SELECT token_hash FROM tokenstore.token"
-		"   WHERE sweep_at <= $1 AND " LIVE("$1")
-		"   ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-		2, {TIMESTAMPTZOID, INT4OID}
-	},
 	[STMT_SWEEP] = {
-		"DELETE FROM tokenstore.token WHERE token_hash IN"
-		" (SELECT token_hash FROM tokenstore.token"
-		"   WHERE sweep_at <= $1 AND NOT " LIVE("$1")
-		"   ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+		"WITH due AS ("
+		"  SELECT token_hash, " LIVE("$1") " AS live FROM tokenstore.token"
+		"   WHERE sweep_at <= $1 ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
+		" later AS ("
+		"  UPDATE tokenstore.token t"
+		"     SET sweep_at = least(t.expires_at,"
+		"          tokenstore_internal.last_used(t.token_hash, t.last_used_at) + t.idle_timeout)"
+		"    FROM due WHERE t.token_hash = due.token_hash AND due.live RETURNING 1),"
+		" gone AS ("
+		"  DELETE FROM tokenstore.token t USING due"
+		"   WHERE t.token_hash = due.token_hash AND NOT due.live RETURNING 1)"
+		" SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM later)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/*
@@ -1151,23 +1151,33 @@ store_delete_sessions(TimestampTz now, bool anonymous_only)
 }
 
 /*
- * Delete up to `batch` dead rows, oldest deadline first along the sweep's
- * index (1.0 and 1.1: up to `batch` of each kind of deadline), skipping rows
- * other transactions hold; returns how many went.
+ * Look at up to `batch` rows whose deadline may have passed, oldest first
+ * along the sweep's index (1.0 and 1.1: up to `batch` of each kind of
+ * deadline), skipping rows other transactions hold: delete the dead ones;
+ * returns how many went, and in *more whether it looked at any (more may
+ * follow).
  */
 int64
-store_sweep(TimestampTz now, int batch)
+store_sweep(TimestampTz now, int batch, bool *more)
 {
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
+	int64		gone;
+	int64		later;
+	bool		isnull;
 
 	if (schema == SCHEMA_CURRENT)
 	{
-		(void) store_exec(STMT_SWEEP_LATER, values, NULL, 0);
-		return (int64) store_exec(STMT_SWEEP, values, NULL, 0);
+		(void) store_exec(STMT_SWEEP, values, NULL, 0);
+		gone = DatumGetInt64(column(0, 1, &isnull));
+		later = DatumGetInt64(column(0, 2, &isnull));
+		*more = gone + later > 0;
+		return gone;
 	}
-	(void) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
-	return (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
+	later = (int64) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
+	gone = (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
+	*more = gone + later > 0;
+	return gone;
 }
 
 /* The dirty uses' hashes and times as two arrays, for the flush. */

@@ -275,13 +275,14 @@ flush_step(void *arg)
 						   (int64) tokenstore_last_used_resolution * 1000);
 }
 
+/* One sweep batch; *(bool *) arg tells whether more may follow. */
 static int64
 sweep_step(void *arg)
 {
 	int64		swept;
 
 	store_begin();
-	swept = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH);
+	swept = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH, (bool *) arg);
 	store_end();
 	return swept;
 }
@@ -386,12 +387,13 @@ worker_round(RegistryRun *run)
 		}
 		if (sweeping)
 		{
+			bool		more = false;
 			int64		n = run_step("tokenstore: sweeping expired tokens",
-									 sweep_step, NULL);
+									 sweep_step, &more);
 
 			run->rows_swept += Max(0, n);
-			sweeping = n > 0;
-			run->sweep_done = n == 0;
+			sweeping = more;
+			run->sweep_done = !sweeping;
 		}
 		if (GetCurrentTimestamp() >= until)
 			break;
