@@ -176,18 +176,25 @@ sub scan
 	return sort split /\n/, $out;
 }
 
-# contents(): every key with its value, a string or (for a set) a sorted
-# array reference of members; other types as their TYPE.
+# contents([PATTERN[, MAX]]): every key (matching PATTERN, a KEYS glob;
+# default all) with its value, a string (its first MAX bytes, if MAX) or
+# (for a set) a sorted array reference of members; other types as their
+# TYPE.  Keys and values as Redis holds them (bytes).  undef if Redis gives
+# nothing (see last_error).
 sub contents
 {
-	my ($self) = @_;
+	my ($self, $pattern, $max) = @_;
 
 	# one round trip, however many keys: a script reads them all
 	my $script = q{
 		local all = {}
-		for _, k in ipairs(redis.call('KEYS', '*')) do
+		local max = tonumber(ARGV[2])
+		for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
 			local t = redis.call('TYPE', k)['ok']
-			if t == 'string' then all[k] = redis.call('GET', k)
+			if t == 'string' then
+				local v = redis.call('GET', k)
+				if max > 0 then v = string.sub(v, 1, max) end
+				all[k] = v
 			elseif t == 'set' then
 				local m = redis.call('SMEMBERS', k)
 				table.sort(m)
@@ -196,7 +203,8 @@ sub contents
 		end
 		return cjson.encode(all)
 	};
-	my $json = $self->cli('EVAL', $script, '0');
+	my $json = $self->cli('EVAL', $script, '0', $pattern // '*', $max // 0);
+	return undef unless defined $json && $json =~ /^\{/;
 	return $json eq '{}' ? {} : JSON::PP->new->decode($json);
 }
 
