@@ -40,7 +40,7 @@ REGRESS = setup install make check list modes expiry revoke rotate errors \
 
 # isolation: test/isolation/specs and test/isolation/expected
 ISOLATION = login_limit revoke_visibility notify cache_visibility \
-	cache_fill_race session_save
+	cache_fill_race session_save cache_data
 ISOLATION_OPTS = --temp-instance=tmp_isolation \
 	--temp-config=test/tokenstore.conf --inputdir=test/isolation \
 	--outputdir=output_iso

@@ -51,6 +51,20 @@ CREATE TRIGGER token_sweep_at_edit BEFORE UPDATE ON tokenstore.token
 	EXECUTE FUNCTION tokenstore_internal.token_sweep_at();
 ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at;
 ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_sweep_at_edit;
+-- the cache holds a session's data too: a change of it must reach the cache
+DROP TRIGGER token_cache_update ON tokenstore.token;
+CREATE TRIGGER token_cache_update AFTER UPDATE ON tokenstore.token
+	FOR EACH ROW
+	WHEN (OLD.token_hash IS DISTINCT FROM NEW.token_hash
+		  OR OLD.user_id IS DISTINCT FROM NEW.user_id
+		  OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+		  OR OLD.idle_timeout IS DISTINCT FROM NEW.idle_timeout
+		  OR OLD.info IS DISTINCT FROM NEW.info
+		  OR OLD.data IS DISTINCT FROM NEW.data
+		  OR OLD.created_at IS DISTINCT FROM NEW.created_at
+		  OR NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at)
+	EXECUTE FUNCTION tokenstore_internal.token_cache_sync();
+ALTER TABLE tokenstore.token ENABLE ALWAYS TRIGGER token_cache_update;
 COMMENT ON COLUMN tokenstore.token.user_id IS
 	'the token''s user; NULL: an anonymous session (token_save), which no per-user rule or list touches';
 COMMENT ON COLUMN tokenstore.token.data IS

@@ -186,6 +186,7 @@ CREATE TRIGGER token_cache_update AFTER UPDATE ON tokenstore.token
 		  OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
 		  OR OLD.idle_timeout IS DISTINCT FROM NEW.idle_timeout
 		  OR OLD.info IS DISTINCT FROM NEW.info
+		  OR OLD.data IS DISTINCT FROM NEW.data
 		  OR OLD.created_at IS DISTINCT FROM NEW.created_at
 		  OR NEW.last_used_at OPERATOR(pg_catalog.<) OLD.last_used_at)
 	EXECUTE FUNCTION tokenstore_internal.token_cache_sync();

@@ -151,6 +151,54 @@ SELECT tokenstore.token_data('session-id-ffffffffffffffffffff') AS seen_in_trans
 ROLLBACK;
 SELECT tokenstore.token_data('session-id-ffffffffffffffffffff') IS NULL AS rolled_back;
 
+-- with tokenstore preloaded a find is served by the cache, data and info
+-- byte for byte, and every committed change of them is seen by the next find
+\set sid_c 'session-id-hhhhhhhhhhhhhhhhhhhh'
+SELECT tokenstore.token_save(:'sid_c', NULL, :'payload', now() + interval '1 hour',
+							 info => '{"b": 1, "a": [2]}') AS created;
+SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT tokenstore.token_data(:'sid_c') = :'payload'::bytea AS same_bytes,
+	   (SELECT info FROM tokenstore.token_check(:'sid_c')) AS info;
+UPDATE tokenstore.token SET data = '\xabcd', info = '{"c": 3}'
+ WHERE token_hash = sha256(convert_to(:'sid_c', 'UTF8'));
+SELECT tokenstore.token_data(:'sid_c') AS updated_data,
+	   (SELECT info FROM tokenstore.token_check(:'sid_c')) AS updated_info;
+UPDATE tokenstore.token SET created_at = '2026-01-01 00:00:00+00'
+ WHERE token_hash = sha256(convert_to(:'sid_c', 'UTF8'));
+SELECT created_at = '2026-01-01 00:00:00+00' AS updated_creation FROM tokenstore.token_check(:'sid_c');
+SELECT tokenstore.token_save(:'sid_c', NULL, '\x0102', now() + interval '1 hour') AS created;
+SELECT tokenstore.token_data(:'sid_c') AS saved_data;
+SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
+  FROM tokenstore.stats WHERE datname = current_database();
+-- a payload larger than the cache holds is read from the table, the token
+-- still checked from the cache; a smaller one is served again
+SELECT tokenstore.token_save(:'sid_c', NULL, convert_to(repeat('x', 9000), 'UTF8'),
+							 now() + interval '1 hour') AS created;
+SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT length(tokenstore.token_data(:'sid_c')) AS large_data,
+	   tokenstore.token_touch(:'sid_c') AS touched;
+SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
+  FROM tokenstore.stats WHERE datname = current_database();
+SELECT tokenstore.token_save(:'sid_c', NULL, '\x09', now() + interval '1 hour') AS created;
+SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT tokenstore.token_data(:'sid_c') AS small_again;
+SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
+  FROM tokenstore.stats WHERE datname = current_database();
+-- an entry without its payload (filled by a check of the user) gets it at
+-- the first find; an API token has no data
+INSERT INTO tokenstore.token (token_hash, user_id, info, created_at, last_used_at)
+	VALUES (sha256('payload-token-000001'), 'payload-user', '{"k": "v"}', now(), now());
+SELECT tokenstore.token_user('payload-token-000001') AS filled_by_check;
+SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT info FROM tokenstore.token_check('payload-token-000001');
+SELECT info FROM tokenstore.token_check('payload-token-000001');
+SELECT tokenstore.token_data('payload-token-000001') IS NULL AS no_data;
+SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
+  FROM tokenstore.stats WHERE datname = current_database();
+SELECT tokenstore.token_delete(:'sid_c') AS deleted,
+	   tokenstore.token_delete('payload-token-000001') AS deleted;
+SELECT tokenstore.token_data(:'sid_c') IS NULL AS gone;
+
 -- NULL tokens are no tokens
 SELECT tokenstore.token_data(NULL) IS NULL AS null_data, tokenstore.token_touch(NULL) IS NULL AS null_touch;
 SELECT tokenstore.token_delete_user('none-user'), tokenstore.token_delete_user('dead-at-once'),

@@ -406,16 +406,27 @@ cache_values(const TokenRow *row, CacheValues *values)
 	values->idle_us = row->idle_us;
 }
 
+/* What the cache keeps of a row beside its entry (see cache.h). */
+static void
+cache_payload(const TokenRow *row, CachePayload *payload)
+{
+	payload->created_at = row->created_at;
+	payload->info = row->info;
+	payload->data = row->data;
+}
+
 /* Have a new token in the cache when its transaction commits. */
 static void
 prewarm(const TokenRow *row)
 {
 	CacheValues values;
+	CachePayload payload;
 
 	if (!cache_enabled())
 		return;
 	cache_values(row, &values);
-	xact_queue_fill(&row->key, &values, row->last_used_at);
+	cache_payload(row, &payload);
+	xact_queue_fill(&row->key, &values, &payload, row->last_used_at);
 }
 
 /* ---- token_make ---- */
@@ -505,23 +516,44 @@ expire_in_redis(const TokenKey *key, const RowDeadline *written)
 }
 
 /*
- * Record a use of a live token found in the table: in its cache entry, or in
- * a new one if this transaction may fill the cache (the generation was read
- * before the table), or else in the table once touch_interval has passed.
+ * Fill the cache with a row read from the table (the generation was read
+ * before): its entry, and its payload when read with its data (the row's
+ * varlenas are plain: see store.c).  Whether the entry is there afterwards.
  */
-static void
-record_use(const TokenRow *row, TimestampTz now, bool may_fill,
-		   uint64 generation)
+static bool
+fill_from_row(const TokenRow *row, TimestampTz now, bool with_data,
+			  uint64 generation)
 {
 	CacheValues values;
+	CachePayload payload;
+
+	cache_values(row, &values);
+	cache_payload(row, &payload);
+	with_data = with_data &&
+		cache_payload_fits(VARSIZE(row->info), row->data ? VARSIZE(row->data) : 0);
+	return cache_fill(&row->key, &values, with_data ? &payload : NULL, now,
+					  true, generation);
+}
+
+/*
+ * Record a use of a live token found in the table: in its cache entry, or in
+ * a new one if this transaction may fill the cache (then with the payload,
+ * if read with its data), or else in the table once touch_interval has
+ * passed.
+ */
+static void
+record_use(const TokenRow *row, TimestampTz now, bool with_data,
+		   bool may_fill, uint64 generation)
+{
 	RowDeadline written;
 
 	if (cache_enabled())
 	{
-		if (cache_record_use(&row->key, now))
-			return;
-		cache_values(row, &values);
-		if (may_fill && cache_fill(&row->key, &values, now, true, generation))
+		bool		recorded = cache_record_use(&row->key, now);
+
+		if (may_fill && (!recorded || with_data))
+			recorded = fill_from_row(row, now, with_data, generation) || recorded;
+		if (recorded)
 			return;
 	}
 	if (row->last_used_at <= now - (int64) tokenstore_touch_interval * 1000 &&
@@ -546,28 +578,43 @@ check_in_table(const TokenKey *key, TimestampTz now, TokenRow *row,
 	found = with_data ? store_find_data(key, now, row) :
 		store_find(key, now, row);
 	if (found)
-		record_use(row, now, may_fill, generation);
+		record_use(row, now, with_data, may_fill, generation);
 	store_end();
 	if (found)
 		row->last_used_at = now;
 	return found;
 }
 
+/*
+ * A check answered by the cache, when it can: true if the token is live
+ * there (with *values, and *payload if asked for).  A transaction that
+ * changed tokens never asks it: the table shows its own changes, the cache
+ * only after commit.
+ */
 static bool
-check_token(FunctionCallInfo fcinfo, int argno, TokenRow *row)
+check_cached(const TokenKey *key, TimestampTz now, CacheValues *values,
+			 CachePayload *payload)
 {
-	TokenKey	key;
-
-	if (!arg_token(fcinfo, argno, &key))
+	if (!cache_enabled() || xact_has_token_changes())
 		return false;
-	return check_in_table(&key, GetCurrentTimestamp(), row, false);
+	switch (cache_check(key, now, values, payload))
+	{
+		case CACHE_LIVE:
+			return true;
+		case CACHE_DEAD:
+			cache_drop_dead(key, now);
+			break;
+		case CACHE_MISS:
+			break;
+	}
+	cache_count_miss();
+	return false;
 }
 
 /*
  * The hot path: whether the token is live, and its user in *values (an
  * anonymous session's user_len is 0).  On a cache hit no table is read and
- * nothing is written.  A transaction that changed tokens reads the table,
- * which shows its own changes; the cache shows them only after commit.
+ * nothing is written.
  */
 static bool
 check_hot(FunctionCallInfo fcinfo, CacheValues *values)
@@ -578,23 +625,40 @@ check_hot(FunctionCallInfo fcinfo, CacheValues *values)
 
 	if (!arg_token(fcinfo, 0, &key))
 		return false;
-	if (cache_enabled() && !xact_has_token_changes())
-	{
-		switch (cache_check(&key, now, values))
-		{
-			case CACHE_LIVE:
-				return true;
-			case CACHE_DEAD:
-				cache_drop_dead(&key, now);
-				break;
-			case CACHE_MISS:
-				break;
-		}
-		cache_count_miss();
-	}
+	if (check_cached(&key, now, values, NULL))
+		return true;
 	if (!check_in_table(&key, now, &row, false))
 		return false;
 	cache_values(&row, values);
+	return true;
+}
+
+/*
+ * The hot path of checks that return the row: as check_hot, with the
+ * token's info, data and times in *row (last_used_at is this use).
+ */
+static bool
+check_hot_row(FunctionCallInfo fcinfo, TokenRow *row)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TokenKey	key;
+	CacheValues values;
+	CachePayload payload;
+
+	if (!arg_token(fcinfo, 0, &key))
+		return false;
+	if (!check_cached(&key, now, &values, &payload))
+		return check_in_table(&key, now, row, true);
+	memset(row, 0, sizeof(*row));
+	row->key = key;
+	row->user_id = values.user_len == 0 ? NULL :
+		pnstrdup(values.user_id, values.user_len);
+	row->expires_at = values.expires_at;
+	row->idle_us = values.idle_us;
+	row->info = payload.info;
+	row->data = payload.data;
+	row->created_at = payload.created_at;
+	row->last_used_at = now;
 	return true;
 }
 
@@ -648,7 +712,7 @@ token_check(PG_FUNCTION_ARGS)
 	TokenRow	row;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (check_token(fcinfo, 0, &row))
+	if (check_hot_row(fcinfo, &row))
 	{
 		bool		isnull;
 		Datum		user = user_datum(row.user_id, &isnull);
@@ -931,12 +995,9 @@ token_save(PG_FUNCTION_ARGS)
 Datum
 token_data(PG_FUNCTION_ARGS)
 {
-	TokenKey	key;
 	TokenRow	row;
 
-	if (!arg_token(fcinfo, 0, &key) ||
-		!check_in_table(&key, GetCurrentTimestamp(), &row, true) ||
-		row.data == NULL)
+	if (!check_hot_row(fcinfo, &row) || row.data == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_BYTEA_P(row.data);
 }

@@ -3,10 +3,24 @@
  * cache.c
  *	  The hot tier: a fixed-size, partitioned hash in shared memory from
  *	  (database, SHA-256 of a token) to what a check needs: the user id, the
- *	  deadlines and the last use.
+ *	  deadlines and the last use; and beside it the payload area, which
+ *	  holds what a session's check reads besides (info, data, creation).
  *
  * An entry is 128 bytes (plus dynahash's 16-byte element header and its
- * bucket pointers).  It never holds the token, and never the token's info.
+ * bucket pointers).  It never holds the token.
+ *
+ * The payload area
+ * ----------------
+ * A second fixed-size hash, of chunks of PAYLOAD_CHUNK_BYTES keyed by
+ * (entry key, chunk number): a token's info and data, up to
+ * CACHE_PAYLOAD_MAX bytes, take as many chunks as they need, so a token
+ * without a payload costs nothing there and a small one little.  Its size
+ * is its own setting (tokenstore.max_cached_data).  A chunk's hash code
+ * differs from its entry's only above the partition bits, so the entry and
+ * all its chunks are guarded by one partition lock and change together.
+ * An entry may lack its payload (never read, too large, or the area was
+ * full): a check that needs it then reads the table, which fills it in.
+ * Every removal of an entry removes its chunks.
  *
  * Locking rules
  * -------------
@@ -71,6 +85,9 @@ typedef struct CacheKey
 	uint8		hash[PG_SHA256_DIGEST_LENGTH];
 } CacheKey;
 
+/* Bytes of payload per chunk: a chunk is 240 bytes with its key. */
+#define PAYLOAD_CHUNK_BYTES	200
+
 typedef struct CacheEntry
 {
 	CacheKey	key;
@@ -82,6 +99,33 @@ typedef struct CacheEntry
 } CacheEntry;
 
 StaticAssertDecl(sizeof(CacheEntry) == 128, "a cache entry is 128 bytes");
+
+typedef struct PayloadKey
+{
+	CacheKey	entry;
+	uint32		chunk;
+} PayloadKey;
+
+typedef struct PayloadChunk
+{
+	PayloadKey	key;
+	char		bytes[PAYLOAD_CHUNK_BYTES];
+} PayloadChunk;
+
+/*
+ * The start of chunk 0: the payload is this head, then info, then data
+ * (each a whole varlena).
+ */
+typedef struct PayloadHead
+{
+	int32		nchunks;
+	int32		info_size;
+	int32		data_size;		/* -1: no data */
+	TimestampTz created_at;
+} PayloadHead;
+
+/* The largest payload, head included: a buffer on the stack holds one. */
+#define PAYLOAD_STREAM_MAX	(sizeof(PayloadHead) + CACHE_PAYLOAD_MAX)
 
 /* Written only by their backend; read by the stats view. */
 typedef struct BackendCounters
@@ -102,6 +146,7 @@ typedef struct CacheShared
 
 static CacheShared *shared = NULL;
 static HTAB *htab = NULL;
+static HTAB *payload_htab = NULL;
 static LWLockPadded *locks = NULL;
 
 static int
@@ -117,12 +162,28 @@ shared_size(void)
 					mul_size(backend_slots(), sizeof(BackendCounters)));
 }
 
+/* How many chunks tokenstore.max_cached_data buys, everything counted. */
+static long
+payload_capacity(void)
+{
+	Size		chunk = MAXALIGN(sizeof(HASHELEMENT)) +
+		MAXALIGN(sizeof(PayloadChunk)) + sizeof(void *);
+
+	return (long) Min((int64) tokenstore_max_cached_data * 1024 / chunk,
+					  INT_MAX);
+}
+
 Size
 cache_shmem_size(void)
 {
-	return add_size(shared_size(),
-					hash_estimate_size(tokenstore_max_cached_tokens,
-									   sizeof(CacheEntry)));
+	Size		size = add_size(shared_size(),
+								hash_estimate_size(tokenstore_max_cached_tokens,
+												   sizeof(CacheEntry)));
+
+	if (payload_capacity() > 0)
+		size = add_size(size, hash_estimate_size(payload_capacity(),
+												 sizeof(PayloadChunk)));
+	return size;
 }
 
 void
@@ -144,6 +205,21 @@ key_hash(const void *key, Size keysize)
 	return h ^ k->dbid;
 }
 
+/* A chunk's hash code: its entry's, changed only above the partition bits. */
+static inline uint32
+chunk_hashcode(uint32 entry_hashcode, uint32 chunk)
+{
+	return entry_hashcode ^ ((chunk * 0x9E3779B1u) & ~(uint32) (CACHE_PARTITIONS - 1));
+}
+
+static uint32
+payload_key_hash(const void *key, Size keysize)
+{
+	const PayloadKey *k = key;
+
+	return chunk_hashcode(key_hash(&k->entry, sizeof(k->entry)), k->chunk);
+}
+
 /* Attach; the caller holds AddinShmemInitLock. */
 void
 cache_shmem_startup(void)
@@ -154,6 +230,7 @@ cache_shmem_startup(void)
 
 	shared = NULL;
 	htab = NULL;
+	payload_htab = NULL;
 	locks = NULL;
 	if (tokenstore_max_cached_tokens <= 0)
 		return;
@@ -185,6 +262,16 @@ cache_shmem_startup(void)
 						 &info,
 						 HASH_ELEM | HASH_FUNCTION | HASH_PARTITION |
 						 HASH_FIXED_SIZE);
+	if (payload_capacity() == 0)
+		return;
+	info.keysize = sizeof(PayloadKey);
+	info.entrysize = sizeof(PayloadChunk);
+	info.hash = payload_key_hash;
+	payload_htab = ShmemInitHash("tokenstore cache payloads",
+								 payload_capacity(), payload_capacity(),
+								 &info,
+								 HASH_ELEM | HASH_FUNCTION | HASH_PARTITION |
+								 HASH_FIXED_SIZE);
 }
 
 /*
@@ -274,14 +361,164 @@ count(pg_atomic_uint64 *counter)
 	pg_atomic_write_u64(counter, pg_atomic_read_u64(counter) + 1);
 }
 
+/* ---- payloads: the caller holds the partition lock ---- */
+
+bool
+cache_payload_fits(Size info_size, Size data_size)
+{
+	return payload_htab != NULL && info_size <= CACHE_PAYLOAD_MAX &&
+		data_size <= CACHE_PAYLOAD_MAX - info_size;
+}
+
+/* The payload as one stream of bytes in buf; its length, or 0 if too large. */
+static Size
+payload_write(const CachePayload *payload, char *buf)
+{
+	PayloadHead head = {0};
+
+	head.info_size = VARSIZE(payload->info);
+	head.data_size = payload->data ? VARSIZE(payload->data) : -1;
+	head.created_at = payload->created_at;
+	if (!cache_payload_fits(head.info_size, Max(head.data_size, 0)))
+		return 0;
+	memcpy(buf + sizeof(head), payload->info, head.info_size);
+	if (payload->data)
+		memcpy(buf + sizeof(head) + head.info_size, payload->data,
+			   head.data_size);
+	head.nchunks = (sizeof(head) + head.info_size + Max(head.data_size, 0) +
+					PAYLOAD_CHUNK_BYTES - 1) / PAYLOAD_CHUNK_BYTES;
+	memcpy(buf, &head, sizeof(head));
+	return sizeof(head) + head.info_size + Max(head.data_size, 0);
+}
+
+static PayloadChunk *
+chunk_search(const CacheKey *ck, uint32 hashcode, uint32 chunk,
+			 HASHACTION action)
+{
+	PayloadKey	pk;
+
+	memset(&pk, 0, sizeof(pk));
+	pk.entry = *ck;
+	pk.chunk = chunk;
+	return hash_search_with_hash_value(payload_htab, &pk,
+									   chunk_hashcode(hashcode, chunk),
+									   action, NULL);
+}
+
+/* Remove the first n chunks of an entry's payload. */
+static void
+chunks_remove(const CacheKey *ck, uint32 hashcode, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		(void) chunk_search(ck, hashcode, i, HASH_REMOVE);
+}
+
+static void
+payload_remove(const CacheKey *ck, uint32 hashcode)
+{
+	PayloadChunk *c;
+	PayloadHead head;
+
+	if (payload_htab == NULL)
+		return;
+	c = chunk_search(ck, hashcode, 0, HASH_FIND);
+	if (c == NULL)
+		return;
+	memcpy(&head, c->bytes, sizeof(head));
+	chunks_remove(ck, hashcode, head.nchunks);
+}
+
+/*
+ * Store a payload (replacing any); without one, or when it does not fit or
+ * the area is full, the entry is left without.  Never ERRORs.
+ */
+static void
+payload_store(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
+{
+	char		buf[PAYLOAD_STREAM_MAX];
+	Size		len;
+	int			i;
+
+	payload_remove(ck, hashcode);
+	if (payload == NULL || (len = payload_write(payload, buf)) == 0)
+		return;
+	for (i = 0; (Size) i * PAYLOAD_CHUNK_BYTES < len; i++)
+	{
+		PayloadChunk *c = chunk_search(ck, hashcode, i, HASH_ENTER_NULL);
+
+		if (c == NULL)
+		{
+			chunks_remove(ck, hashcode, i);
+			return;
+		}
+		memcpy(c->bytes, buf + (Size) i * PAYLOAD_CHUNK_BYTES,
+			   Min(PAYLOAD_CHUNK_BYTES, len - (Size) i * PAYLOAD_CHUNK_BYTES));
+	}
+}
+
+/* Copy an entry's payload into buf; false if it has none. */
+static bool
+payload_read(const CacheKey *ck, uint32 hashcode, char *buf)
+{
+	PayloadChunk *c;
+	PayloadHead head;
+	Size		len;
+	int			i;
+
+	if (payload_htab == NULL ||
+		(c = chunk_search(ck, hashcode, 0, HASH_FIND)) == NULL)
+		return false;
+	memcpy(&head, c->bytes, sizeof(head));
+	len = sizeof(head) + head.info_size + Max(head.data_size, 0);
+	for (i = 0; i < head.nchunks; i++)
+	{
+		if (i > 0 && (c = chunk_search(ck, hashcode, i, HASH_FIND)) == NULL)
+			return false;
+		memcpy(buf + (Size) i * PAYLOAD_CHUNK_BYTES, c->bytes,
+			   Min(PAYLOAD_CHUNK_BYTES, len - (Size) i * PAYLOAD_CHUNK_BYTES));
+	}
+	return true;
+}
+
+/* The payload of a stream from payload_read, in palloc'd memory. */
+static void
+payload_unpack(const char *buf, CachePayload *payload)
+{
+	PayloadHead head;
+
+	memcpy(&head, buf, sizeof(head));
+	payload->created_at = head.created_at;
+	payload->info = palloc(head.info_size);
+	memcpy(payload->info, buf + sizeof(head), head.info_size);
+	payload->data = NULL;
+	if (head.data_size >= 0)
+	{
+		payload->data = palloc(head.data_size);
+		memcpy(payload->data, buf + sizeof(head) + head.info_size,
+			   head.data_size);
+	}
+}
+
+/* Remove an entry and its payload. */
+static void
+entry_remove(const CacheKey *ck, uint32 hashcode)
+{
+	hash_search_with_hash_value(htab, ck, hashcode, HASH_REMOVE, NULL);
+	payload_remove(ck, hashcode);
+}
+
 /* ---- the hot path ---- */
 
 /*
- * Look a token up.  CACHE_LIVE: *values is filled and the use recorded.
- * CACHE_DEAD: the entry's deadlines have passed.  CACHE_MISS: no entry.
+ * Look a token up.  CACHE_LIVE: *values (and *payload, if asked for) are
+ * filled and the use recorded.  CACHE_DEAD: the entry's deadlines have
+ * passed.  CACHE_MISS: no entry, or no payload when one was asked for.
  */
 CacheResult
-cache_check(const TokenKey *key, TimestampTz now, CacheValues *values)
+cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
+			CachePayload *payload)
 {
 	CacheKey	ck;
 	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
@@ -289,6 +526,7 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values)
 	CacheEntry *e;
 	uint64		used;
 	CacheResult result;
+	char		buf[PAYLOAD_STREAM_MAX];
 
 	LWLockAcquire(lock, LW_SHARED);
 	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
@@ -299,6 +537,8 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values)
 		used = pg_atomic_read_u64(&e->used);
 		if (!entry_live(e, used_time(used), now))
 			result = CACHE_DEAD;
+		else if (payload != NULL && !payload_read(&ck, hashcode, buf))
+			result = CACHE_MISS;
 		else
 		{
 			if (now > used_time(used))
@@ -312,6 +552,8 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values)
 	}
 	LWLockRelease(lock);
 
+	if (result == CACHE_LIVE && payload != NULL)
+		payload_unpack(buf, payload);
 	if (result == CACHE_LIVE)
 		count(&my_counters()->hits);
 	return result;
@@ -329,7 +571,7 @@ cache_drop_dead(const TokenKey *key, TimestampTz now)
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
 	if (e != NULL && !entry_live(e, used_time(pg_atomic_read_u64(&e->used)), now))
-		hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+		entry_remove(&ck, hashcode);
 	LWLockRelease(lock);
 }
 
@@ -352,13 +594,15 @@ cache_generation(const TokenKey *key)
 }
 
 /*
- * Insert an entry unless one exists, or the partition changed since
+ * Insert an entry unless one exists, with the payload if given (or give an
+ * existing entry the payload it lacks), unless the partition changed since
  * `generation` was read; false if the entry is not there afterwards (the
  * cache refused it: full, or a change raced).  Safe at commit time.
  */
 bool
 cache_fill(const TokenKey *key, const CacheValues *values,
-		   TimestampTz last_used, bool dirty, uint64 generation)
+		   const CachePayload *payload, TimestampTz last_used, bool dirty,
+		   uint64 generation)
 {
 	CacheKey	ck;
 	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
@@ -383,6 +627,9 @@ cache_fill(const TokenKey *key, const CacheValues *values,
 			e->idle_us = values->idle_us;
 			pg_atomic_init_u64(&e->used, used_pack(last_used, dirty));
 		}
+		if (e != NULL && payload != NULL &&
+			(!found || chunk_search(&ck, hashcode, 0, HASH_FIND) == NULL))
+			payload_store(&ck, hashcode, payload);
 	}
 	LWLockRelease(lock);
 
@@ -431,12 +678,14 @@ cache_last_used(const TokenKey *key)
 /* ---- commit time ---- */
 
 /*
- * A committed UPDATE of the token's row: take its new values, and its
- * last use too when set_used (an operator moved it back; a time the entry
- * cannot hold removes it).
+ * A committed UPDATE of the token's row: take its new values and payload
+ * (NULL: it has none the cache can hold), and its last use too when
+ * set_used (an operator moved it back; a time the entry cannot hold removes
+ * it).
  */
 void
-cache_update(const TokenKey *key, const CacheValues *values, bool set_used,
+cache_update(const TokenKey *key, const CacheValues *values,
+			 const CachePayload *payload, bool set_used,
 			 TimestampTz last_used)
 {
 	CacheKey	ck;
@@ -447,9 +696,10 @@ cache_update(const TokenKey *key, const CacheValues *values, bool set_used,
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
 	if (e != NULL && set_used && !used_fits(last_used))
-		hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+		entry_remove(&ck, hashcode);
 	else if (e != NULL)
 	{
+		payload_store(&ck, hashcode, payload);
 		e->user_len = values->user_len;
 		memcpy(e->user_id, values->user_id, values->user_len);
 		e->expires_at = values->expires_at;
@@ -470,7 +720,7 @@ cache_remove(const TokenKey *key)
 	LWLock	   *lock = partition_lock(hashcode);
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	hash_search_with_hash_value(htab, &ck, hashcode, HASH_REMOVE, NULL);
+	entry_remove(&ck, hashcode);
 	pg_atomic_fetch_add_u64(&shared->generation[hashcode % CACHE_PARTITIONS], 1);
 	LWLockRelease(lock);
 }
@@ -489,6 +739,17 @@ cache_purge_db(Oid dbid)
 	{
 		if (e->key.dbid == dbid)
 			hash_search(htab, &e->key, HASH_REMOVE, NULL);
+	}
+	if (payload_htab != NULL)
+	{
+		PayloadChunk *c;
+
+		hash_seq_init(&status, payload_htab);
+		while ((c = hash_seq_search(&status)) != NULL)
+		{
+			if (c->key.entry.dbid == dbid)
+				hash_search(payload_htab, &c->key, HASH_REMOVE, NULL);
+		}
 	}
 	for (i = 0; i < CACHE_PARTITIONS; i++)
 		pg_atomic_fetch_add_u64(&shared->generation[i], 1);
@@ -645,7 +906,7 @@ drop_victim(const CacheKey *ck, TimestampTz now, int cutoff)
 		if (!entry_live(e, used_time(used), now) ||
 			((used & 1) == 0 && age_bucket(now, used_time(used)) >= cutoff))
 		{
-			hash_search_with_hash_value(htab, ck, hashcode, HASH_REMOVE, NULL);
+			entry_remove(ck, hashcode);
 			dropped = true;
 		}
 	}
@@ -654,30 +915,57 @@ drop_victim(const CacheKey *ck, TimestampTz now, int cutoff)
 }
 
 /*
- * Drop expired entries and, above the high watermark, the least recently
- * used clean entries down to the low watermark.  Dirty entries stay until a
- * flush has written their last use.  Returns how many went.
+ * How many of `entries` to drop so that the cache, or its payload area, is
+ * down to its low watermark once above the high one; 0 if neither is.  The
+ * area's excess is turned into entries in proportion: an estimate, which
+ * the next pass corrects.
+ */
+static int64
+cache_excess(int64 entries)
+{
+	int64		capacity = tokenstore_max_cached_tokens;
+	int64		excess = 0;
+
+	if (entries > capacity * CACHE_HIGH_PERCENT / 100)
+		excess = entries - capacity * CACHE_LOW_PERCENT / 100;
+	if (payload_htab != NULL && entries > 0)
+	{
+		int64		chunks = hash_get_num_entries(payload_htab);
+		int64		room = payload_capacity();
+
+		if (chunks > room * CACHE_HIGH_PERCENT / 100)
+			excess = Max(excess, entries *
+						 (chunks - room * CACHE_LOW_PERCENT / 100) / chunks);
+	}
+	return excess;
+}
+
+/*
+ * Drop expired entries and, above the high watermark (of the entries or of
+ * the payload area), the least recently used clean entries down to the low
+ * one.  Dirty entries stay until a flush has written their last use.
+ * Returns how many went.
  */
 int64
 cache_maintain(TimestampTz now)
 {
-	int64		entries = hash_get_num_entries(htab);
-	int64		high = (int64) tokenstore_max_cached_tokens * CACHE_HIGH_PERCENT / 100;
-	int64		low = (int64) tokenstore_max_cached_tokens * CACHE_LOW_PERCENT / 100;
 	int64		age_counts[AGE_BUCKETS] = {0};
 	int			cutoff = AGE_BUCKETS;
 	int			max = Min(CACHE_MAINTAIN_MAX, tokenstore_max_cached_tokens);
 	CacheKey   *victims = palloc(sizeof(CacheKey) * max);
 	int			n;
 	int			i;
+	int64		excess;
 	int64		dropped = 0;
 
 	/* first pass: expired entries, and the ages of the clean ones */
 	n = collect_victims(now, AGE_BUCKETS, 0, victims, max, age_counts);
-	if (entries - n > high)
+	for (i = 0; i < n; i++)
+		dropped += drop_victim(&victims[i], now, AGE_BUCKETS) ? 1 : 0;
+	excess = cache_excess(hash_get_num_entries(htab));
+	n = 0;
+	if (excess > 0)
 	{
-		int64		excess = entries - n - low;
-
 		/* the oldest buckets whole, and of the next what is still needed */
 		for (cutoff = AGE_BUCKETS - 1; cutoff > 0; cutoff--)
 		{

@@ -7,6 +7,7 @@
 #include "datatype/timestamp.h"
 #include "deadline.h"
 #include "token.h"
+#include "utils/jsonb.h"
 
 #define CACHE_USER_ID_MAX	64
 
@@ -18,6 +19,21 @@ typedef struct CacheValues
 	TimestampTz expires_at;		/* DEADLINE_NONE when none */
 	int64		idle_us;		/* 0 when none */
 } CacheValues;
+
+/*
+ * What a session's check reads besides the entry: the info, the data and
+ * the creation time.  Kept in a separate area of the cache (see cache.c),
+ * at most CACHE_PAYLOAD_MAX bytes of info and data; larger ones are read
+ * from the table.  Varlenas in plain (untoasted, 4-byte header) form.
+ */
+typedef struct CachePayload
+{
+	TimestampTz created_at;
+	Jsonb	   *info;
+	bytea	   *data;			/* NULL: none */
+} CachePayload;
+
+#define CACHE_PAYLOAD_MAX	8192
 
 typedef enum CacheResult
 {
@@ -53,19 +69,22 @@ extern void cache_shmem_startup(void);
 extern bool cache_enabled(void);
 
 /* backends: the hot path and fills */
+extern bool cache_payload_fits(Size info_size, Size data_size);
 extern CacheResult cache_check(const TokenKey *key, TimestampTz now,
-							   CacheValues *values);
+							   CacheValues *values, CachePayload *payload);
 extern void cache_drop_dead(const TokenKey *key, TimestampTz now);
 extern void cache_count_miss(void);
 extern uint64 cache_generation(const TokenKey *key);
 extern bool cache_fill(const TokenKey *key, const CacheValues *values,
-					   TimestampTz last_used, bool dirty, uint64 generation);
+					   const CachePayload *payload, TimestampTz last_used,
+					   bool dirty, uint64 generation);
 extern bool cache_record_use(const TokenKey *key, TimestampTz now);
 extern TimestampTz cache_last_used(const TokenKey *key);
 
 /* commit time (xact.c): no allocation, no ERROR */
 extern void cache_update(const TokenKey *key, const CacheValues *values,
-						 bool set_used, TimestampTz last_used);
+						 const CachePayload *payload, bool set_used,
+						 TimestampTz last_used);
 extern void cache_remove(const TokenKey *key);
 extern void cache_purge_db(Oid dbid);
 extern void cache_mark_clean(const TokenKey *key, uint64 observed);

@@ -48,6 +48,7 @@ int			tokenstore_max_tokens_per_user = 0;
 int			tokenstore_touch_interval = 1000;
 bool		tokenstore_notify = false;
 int			tokenstore_max_cached_tokens = 100000;
+int			tokenstore_max_cached_data = 32768;
 int			tokenstore_flush_interval = 10000;
 int			tokenstore_sweep_interval = 60;
 int			tokenstore_last_used_resolution = 60000;
@@ -382,6 +383,13 @@ _PG_init(void)
 								&tokenstore_max_cached_tokens,
 								100000, 0, INT_MAX / 2,
 								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+		DefineCustomIntVariable("tokenstore.max_cached_data",
+								"Shared memory for the info and data of cached tokens (0: none cached).",
+								NULL,
+								&tokenstore_max_cached_data,
+								32768, 0, INT_MAX / 1024,
+								PGC_POSTMASTER, GUC_UNIT_KB,
 								NULL, NULL, NULL);
 		DefineCustomIntVariable("tokenstore.redis_queue_size",
 								"Shared memory for committed changes waiting to be sent to Redis.",

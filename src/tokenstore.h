@@ -19,6 +19,7 @@ extern int	tokenstore_max_tokens_per_user;
 extern int	tokenstore_touch_interval;
 extern bool tokenstore_notify;
 extern int	tokenstore_max_cached_tokens;
+extern int	tokenstore_max_cached_data;
 extern int	tokenstore_flush_interval;
 extern int	tokenstore_sweep_interval;
 extern int	tokenstore_last_used_resolution;

@@ -55,6 +55,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
@@ -101,6 +102,7 @@ typedef struct Pending
 	Oid			dbid;			/* PURGE and REGISTER */
 	TokenKey	key;
 	CacheValues values;			/* FILL and UPDATE */
+	CachePayload *payload;		/* FILL and UPDATE; NULL: none to cache */
 	bool		set_used;		/* UPDATE */
 	TimestampTz last_used;		/* FILL, UPDATE */
 	uint64		generation;		/* FILL; for CLEAN, the value flushed */
@@ -145,11 +147,12 @@ apply_pending(void)
 		switch (p->kind)
 		{
 			case PENDING_FILL:
-				(void) cache_fill(&p->key, &p->values, p->last_used, false,
-								  p->generation);
+				(void) cache_fill(&p->key, &p->values, p->payload,
+								  p->last_used, false, p->generation);
 				break;
 			case PENDING_UPDATE:
-				cache_update(&p->key, &p->values, p->set_used, p->last_used);
+				cache_update(&p->key, &p->values, p->payload, p->set_used,
+							 p->last_used);
 				break;
 			case PENDING_REMOVE:
 				cache_remove(&p->key);
@@ -361,9 +364,34 @@ xact_may_fill(void)
 	return !rows_changed && !TransactionIdIsValid(GetTopTransactionIdIfAny());
 }
 
+/*
+ * A copy of a payload (its varlenas in any form, even toasted) that lives
+ * until the commit, in plain form; NULL if the cache could not hold it.
+ */
+static CachePayload *
+payload_copy(const CachePayload *payload)
+{
+	Size		info_size = toast_raw_datum_size(PointerGetDatum(payload->info));
+	Size		data_size = payload->data == NULL ? 0 :
+		toast_raw_datum_size(PointerGetDatum(payload->data));
+	MemoryContext old;
+	CachePayload *copy;
+
+	if (!cache_payload_fits(info_size, data_size))
+		return NULL;
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	copy = palloc(sizeof(*copy));
+	copy->created_at = payload->created_at;
+	copy->info = (Jsonb *) pg_detoast_datum_copy((struct varlena *) payload->info);
+	copy->data = payload->data == NULL ? NULL :
+		(bytea *) pg_detoast_datum_copy((struct varlena *) payload->data);
+	MemoryContextSwitchTo(old);
+	return copy;
+}
+
 void
 xact_queue_fill(const TokenKey *key, const CacheValues *values,
-				TimestampTz created_at)
+				const CachePayload *payload, TimestampTz last_used)
 {
 	Pending    *p;
 
@@ -372,7 +400,8 @@ xact_queue_fill(const TokenKey *key, const CacheValues *values,
 	p = queue(PENDING_FILL);
 	p->key = *key;
 	p->values = *values;
-	p->last_used = created_at;
+	p->payload = payload_copy(payload);
+	p->last_used = last_used;
 	p->generation = cache_generation(key);
 }
 
@@ -459,6 +488,19 @@ column(TriggerData *trigdata, HeapTuple tuple, const char *name, bool *isnull)
 {
 	return heap_getattr(tuple, column_number(trigdata, name),
 						trigdata->tg_relation->rd_att, isnull);
+}
+
+/* A column that the table of an older version lacks: NULL there. */
+static Datum
+newer_column(TriggerData *trigdata, HeapTuple tuple, const char *name,
+			 bool *isnull)
+{
+	int			attnum = SPI_fnumber(trigdata->tg_relation->rd_att, name);
+
+	*isnull = true;
+	if (attnum <= 0)
+		return (Datum) 0;
+	return heap_getattr(tuple, attnum, trigdata->tg_relation->rd_att, isnull);
 }
 
 
@@ -614,9 +656,24 @@ queue_fanout_remove(const TokenKey *key, const CacheValues *values)
 	queue_fanout(fanout_msg_remove(key, values->user_id, values->user_len));
 }
 
+/* A row's payload, for the cache, in memory that lasts until the commit. */
+static CachePayload *
+payload_of(TriggerData *trigdata, HeapTuple tuple)
+{
+	CachePayload payload;
+	bool		isnull;
+	Datum		data = newer_column(trigdata, tuple, "data", &isnull);
+
+	payload.data = isnull ? NULL : (bytea *) DatumGetPointer(data);
+	payload.info = (Jsonb *) DatumGetPointer(column(trigdata, tuple, "info", &isnull));
+	payload.created_at = timestamp_of(trigdata, tuple, "created_at", DT_NOBEGIN);
+	return payload_copy(&payload);
+}
+
 /*
- * An UPDATE of a row: new values for the cache entry (none when only info
- * or created_at changed), or a new key; and the new value for Redis.
+ * An UPDATE of a row: its new values and payload for the cache entry, or a
+ * new key; and the new value for Redis.  (The trigger's WHEN clause lets
+ * through only changes of what the cache or Redis hold.)
  */
 static void
 queue_update(TriggerData *trigdata)
@@ -641,12 +698,12 @@ queue_update(TriggerData *trigdata)
 
 	if (cache_enabled() && rekeyed)
 		queue(PENDING_REMOVE)->key = old_key;
-	else if (cache_enabled() &&
-			 (used_back || memcmp(&old_values, &new_values, sizeof(old_values)) != 0))
+	else if (cache_enabled())
 	{
 		p = queue(PENDING_UPDATE);
 		p->key = new_key;
 		p->values = new_values;
+		p->payload = payload_of(trigdata, new_row);
 		p->set_used = used_back;
 		p->last_used = new_used;
 	}

@@ -19,11 +19,12 @@ shared_preload_libraries = 'tokenstore'
 CONF
 }
 
-# start_server CACHE_SIZE: a new cluster with the benchmarks' settings, started
+# start_server CACHE_SIZE [DATA_SIZE]: a new cluster with the benchmarks' settings, started
 start_server() {
 	new_cluster
 	cat >>"$DIR/data/postgresql.conf" <<CONF
 tokenstore.max_cached_tokens = $1
+tokenstore.max_cached_data = '${2:-32MB}'
 tokenstore.sweep_interval = '1h'
 shared_buffers = '2GB'
 max_connections = 20

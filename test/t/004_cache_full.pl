@@ -5,7 +5,8 @@
 # background the launcher keeps the cache below capacity: above 90 % it
 # evicts the least recently used clean entries (judged by the age of their
 # last use, in log2 buckets) down to 80 % or less, and a recently used entry
-# stays; expired entries go without anyone checking them.  Without a cache
+# stays; expired entries go without anyone checking them.  The same for the
+# payload area (a session's info and data).  Without a cache
 # (max_cached_tokens = 0) every function, and the DDL that drops the table or
 # a database, works on the table alone.
 use strict;
@@ -130,6 +131,50 @@ is($node->safe_psql($db,
 		"SELECT count(tokenstore.token_user(token)) FROM made WHERE user_id ~ '^(short|idle)'"),
 	'0', 'and the expired tokens are dead');
 is(check_all('%'), '596/602', 'all other tokens still answer');
+
+# ---- a payload area far smaller than the sessions' data ----
+# 64 kB holds about 240 chunks of 200 bytes: a few dozen sessions of 1 kB.
+# Every find returns its data; those whose data the area refused are read
+# from the table; above 90 % of the area the launcher evicts the least
+# recently used entries with their data, however few the entries.  Without
+# an area (max_cached_data = 0) the entries are cached and the data read.
+for my $area ('64kB', '0')
+{
+	my $small = TokenstoreTest::node("payload_$area",
+		conf => "tokenstore.max_cached_tokens = 1000\n"
+		  . "tokenstore.max_cached_data = '$area'\n"
+		  . "tokenstore.flush_interval = '200ms'\n"
+		  . "tokenstore.last_used_resolution = 0\n");
+	my $finds = q{
+		SELECT count(*) FILTER (WHERE tokenstore.token_data('payload-session-' || lpad(i::text, 8, '0')) =
+								convert_to(repeat(i::text, 1000 / length(i::text)), 'UTF8'))
+			   || '/' || count(*)
+		  FROM generate_series(1, 100) i};
+	my $first;
+
+	$small->safe_psql($db, q{
+		SELECT tokenstore.token_save('payload-session-' || lpad(i::text, 8, '0'), NULL,
+									 convert_to(repeat(i::text, 1000 / length(i::text)), 'UTF8'),
+									 now() + interval '1 hour')
+		  FROM generate_series(1, 100) i});
+	$first = TokenstoreTest::stats($small, $db);
+	is($small->safe_psql($db, $finds), '100/100', "area $area: every find returns its data");
+	$s = TokenstoreTest::stats($small, $db);
+	is($s->{hits} + $s->{misses} - $first->{hits} - $first->{misses}, 100,
+		"area $area: each find is a hit or a miss");
+	if ($area eq '0')
+	{
+		is("$s->{cached}/" . ($s->{misses} - $first->{misses}), '100/100',
+			'no area: the entries are cached, the data read from the table');
+		next;
+	}
+	cmp_ok($s->{hits} - $first->{hits}, '>=', 20, 'some finds are served by the area');
+	cmp_ok($s->{misses} - $first->{misses}, '>=', 50, 'the rest read the table');
+	TokenstoreTest::wait_for($small, $db,
+		"SELECT evictions > 0 FROM tokenstore.stats WHERE datname = current_database()",
+		't', 'a full area makes the launcher evict, with 100 entries of 1000');
+	is($small->safe_psql($db, $finds), '100/100', 'and every find still returns its data');
+}
 
 # ---- no cache ----
 my $bare = TokenstoreTest::node('no_cache',
