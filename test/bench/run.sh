@@ -121,13 +121,39 @@ quiesce
 t_make=$(tps token_make.sql 0)
 t_insert=$(tps plain_insert.sql 0)
 
-# 3. in-server cost per call over 1M cached tokens, in one query
+# 3. in-server cost per call over 1M cached tokens, in one query of a
+# million calls, less the same query without the call; and what it is made
+# of: the same C function without SECURITY DEFINER, a call of a trivial
+# built-in (what fmgr costs), and token_user cycling over 10k tokens, a
+# working set the CPU's caches hold (the difference is memory stalls).
+# Median of ROUNDS interleaved rounds.
 fill 1000000
 warm 1000000
+sql -c "CREATE FUNCTION bench.token_user_invoker(text) RETURNS text
+		AS '\$libdir/tokenstore', 'token_user' LANGUAGE C VOLATILE STRICT" >/dev/null
 quiesce
-ms_user=$(sql -c "SELECT bench.ms(\$q\$SELECT count(tokenstore.token_user('bench-token-' || lpad(i::text, 12, '0'))) FROM generate_series(1, 1000000) i\$q\$)")
-ms_expr=$(sql -c "SELECT bench.ms(\$q\$SELECT count('bench-token-' || lpad(i::text, 12, '0')) FROM generate_series(1, 1000000) i\$q\$)")
-ns_call=$(awk -v a="$ms_user" -v b="$ms_expr" 'BEGIN {printf "%.0f", (a - b) * 1e6 / 1e6}')
+tok="'bench-token-' || lpad(i::text, 12, '0')"
+tok10k="'bench-token-' || lpad((i % 10000 + 1)::text, 12, '0')"
+declare -A in_server=([expr]="$tok" [user]="tokenstore.token_user($tok)"
+	[invoker]="bench.token_user_invoker($tok)" [length]="length($tok)"
+	[expr10k]="$tok10k" [user10k]="tokenstore.token_user($tok10k)")
+declare -A in_server_ms=()
+for _ in $(seq 1 "$ROUNDS"); do
+	for k in expr user invoker length expr10k user10k; do
+		in_server_ms[$k]+=" $(sql -c "SELECT bench.ms(\$q\$SELECT count(${in_server[$k]})
+									   FROM generate_series(1, 1000000) i\$q\$)")"
+	done
+done
+# ns per call of kind $1 beyond kind $2 (a million calls: ms = ns per call)
+ns_beyond() {
+	# shellcheck disable=SC2086 # the word list of a kind's runs
+	awk -v a="$(median ${in_server_ms[$1]})" -v b="$(median ${in_server_ms[$2]})" \
+		'BEGIN {printf "%.0f", a - b}'
+}
+ns_call=$(ns_beyond user expr)
+ns_invoker=$(ns_beyond invoker expr)
+ns_length=$(ns_beyond length expr)
+ns_10k=$(ns_beyond user10k expr10k)
 
 # 4. hit throughput as the number of tokens grows
 warm 10000
@@ -190,6 +216,9 @@ cat <<TABLE
 | plain \`INSERT\` of the same row | $t_insert tps | |
 | **token_make / INSERT** | **$(ratio "$t_make" "$t_insert")** | |
 | in-server \`token_user\` over 1M cached tokens | **$ns_call ns/call** | ≤ 1000 |
+| … the same C function without SECURITY DEFINER | $ns_invoker ns/call | |
+| … a call of a trivial built-in (\`length\`): fmgr | $ns_length ns/call | |
+| … \`token_user\` cycling over 10k cached tokens (held in CPU caches) | $ns_10k ns/call | |
 | hits with 10k tokens | $t_10k tps | |
 | hits with 1M tokens | $t_1m tps ($(ratio "$t_1m" "$t_10k") of 10k) | within 10 % |
 TABLE
