@@ -124,7 +124,7 @@ typedef struct PayloadHead
 	TimestampTz created_at;
 } PayloadHead;
 
-/* The largest payload, head included: a buffer on the stack holds one. */
+/* The largest payload, head included. */
 #define PAYLOAD_STREAM_MAX	(sizeof(PayloadHead) + CACHE_PAYLOAD_MAX)
 
 /* Written only by their backend; read by the stats view. */
@@ -147,6 +147,13 @@ typedef struct CacheShared
 static CacheShared *shared = NULL;
 static HTAB *htab = NULL;
 static HTAB *payload_htab = NULL;
+
+/*
+ * A payload as one stream of bytes, between the chunks and the caller: a
+ * process's own (no call nests in another), so that a check does not grow
+ * the stack by 8 kB.
+ */
+static char stream[PAYLOAD_STREAM_MAX];
 static LWLockPadded *locks = NULL;
 
 static int
@@ -370,9 +377,9 @@ cache_payload_fits(Size info_size, Size data_size)
 		data_size <= CACHE_PAYLOAD_MAX - info_size;
 }
 
-/* The payload as one stream of bytes in buf; its length, or 0 if too large. */
+/* The payload into the stream; its length, or 0 if too large. */
 static Size
-payload_write(const CachePayload *payload, char *buf)
+payload_write(const CachePayload *payload)
 {
 	PayloadHead head = {0};
 
@@ -381,13 +388,13 @@ payload_write(const CachePayload *payload, char *buf)
 	head.created_at = payload->created_at;
 	if (!cache_payload_fits(head.info_size, Max(head.data_size, 0)))
 		return 0;
-	memcpy(buf + sizeof(head), payload->info, head.info_size);
+	memcpy(stream + sizeof(head), payload->info, head.info_size);
 	if (payload->data)
-		memcpy(buf + sizeof(head) + head.info_size, payload->data,
+		memcpy(stream + sizeof(head) + head.info_size, payload->data,
 			   head.data_size);
 	head.nchunks = (sizeof(head) + head.info_size + Max(head.data_size, 0) +
 					PAYLOAD_CHUNK_BYTES - 1) / PAYLOAD_CHUNK_BYTES;
-	memcpy(buf, &head, sizeof(head));
+	memcpy(stream, &head, sizeof(head));
 	return sizeof(head) + head.info_size + Max(head.data_size, 0);
 }
 
@@ -437,12 +444,11 @@ payload_remove(const CacheKey *ck, uint32 hashcode)
 static void
 payload_store(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
 {
-	char		buf[PAYLOAD_STREAM_MAX];
 	Size		len;
 	int			i;
 
 	payload_remove(ck, hashcode);
-	if (payload == NULL || (len = payload_write(payload, buf)) == 0)
+	if (payload == NULL || (len = payload_write(payload)) == 0)
 		return;
 	for (i = 0; (Size) i * PAYLOAD_CHUNK_BYTES < len; i++)
 	{
@@ -453,14 +459,14 @@ payload_store(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
 			chunks_remove(ck, hashcode, i);
 			return;
 		}
-		memcpy(c->bytes, buf + (Size) i * PAYLOAD_CHUNK_BYTES,
+		memcpy(c->bytes, stream + (Size) i * PAYLOAD_CHUNK_BYTES,
 			   Min(PAYLOAD_CHUNK_BYTES, len - (Size) i * PAYLOAD_CHUNK_BYTES));
 	}
 }
 
-/* Copy an entry's payload into buf; false if it has none. */
+/* Copy an entry's payload into the stream; false if it has none. */
 static bool
-payload_read(const CacheKey *ck, uint32 hashcode, char *buf)
+payload_read(const CacheKey *ck, uint32 hashcode)
 {
 	PayloadChunk *c;
 	PayloadHead head;
@@ -476,27 +482,27 @@ payload_read(const CacheKey *ck, uint32 hashcode, char *buf)
 	{
 		if (i > 0 && (c = chunk_search(ck, hashcode, i, HASH_FIND)) == NULL)
 			return false;
-		memcpy(buf + (Size) i * PAYLOAD_CHUNK_BYTES, c->bytes,
+		memcpy(stream + (Size) i * PAYLOAD_CHUNK_BYTES, c->bytes,
 			   Min(PAYLOAD_CHUNK_BYTES, len - (Size) i * PAYLOAD_CHUNK_BYTES));
 	}
 	return true;
 }
 
-/* The payload of a stream from payload_read, in palloc'd memory. */
+/* The payload in the stream (from payload_read), in palloc'd memory. */
 static void
-payload_unpack(const char *buf, CachePayload *payload)
+payload_unpack(CachePayload *payload)
 {
 	PayloadHead head;
 
-	memcpy(&head, buf, sizeof(head));
+	memcpy(&head, stream, sizeof(head));
 	payload->created_at = head.created_at;
 	payload->info = palloc(head.info_size);
-	memcpy(payload->info, buf + sizeof(head), head.info_size);
+	memcpy(payload->info, stream + sizeof(head), head.info_size);
 	payload->data = NULL;
 	if (head.data_size >= 0)
 	{
 		payload->data = palloc(head.data_size);
-		memcpy(payload->data, buf + sizeof(head) + head.info_size,
+		memcpy(payload->data, stream + sizeof(head) + head.info_size,
 			   head.data_size);
 	}
 }
@@ -526,7 +532,6 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
 	CacheEntry *e;
 	uint64		used;
 	CacheResult result;
-	char		buf[PAYLOAD_STREAM_MAX];
 
 	LWLockAcquire(lock, LW_SHARED);
 	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
@@ -537,7 +542,7 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
 		used = pg_atomic_read_u64(&e->used);
 		if (!entry_live(e, used_time(used), now))
 			result = CACHE_DEAD;
-		else if (payload != NULL && !payload_read(&ck, hashcode, buf))
+		else if (payload != NULL && !payload_read(&ck, hashcode))
 			result = CACHE_MISS;
 		else
 		{
@@ -553,7 +558,7 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
 	LWLockRelease(lock);
 
 	if (result == CACHE_LIVE && payload != NULL)
-		payload_unpack(buf, payload);
+		payload_unpack(payload);
 	if (result == CACHE_LIVE)
 		count(&my_counters()->hits);
 	return result;
