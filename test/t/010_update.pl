@@ -49,6 +49,19 @@ make('graced', "'jon'");
 $token{graced_heir} = $node->safe_psql($db,
 	"SELECT tokenstore.token_rotate('$token{graced}', grace => '1 hour')");
 
+# Under the 1.0 objects (no data column) token_check is served from the
+# cache too, and sees a change of info at once.
+my $check_device =
+  "SELECT info->>'device' FROM tokenstore.token_check('$token{multi}')";
+is($node->safe_psql($db, $check_device), 'laptop', '1.0 objects: token_check');
+my $hits = TokenstoreTest::stats($node, $db)->{hits};
+$node->safe_psql($db,
+	"SELECT tokenstore.token_set_info('$token{multi}', '{\"device\": \"phone\"}')");
+is($node->safe_psql($db, $check_device), 'phone', '1.0 objects: a change of info is seen');
+is(TokenstoreTest::stats($node, $db)->{hits} - $hits, 1, 'from the cache');
+$node->safe_psql($db,
+	"SELECT tokenstore.token_set_info('$token{multi}', '{\"device\": \"laptop\"}')");
+
 # one use flushed to the table, one still only in the cache
 $node->safe_psql($db, "SELECT tokenstore.token_user('$token{idle}')");
 $node->safe_psql($db, 'SELECT tokenstore.token_flush()');
