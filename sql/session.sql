@@ -184,19 +184,24 @@ SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = cu
 SELECT tokenstore.token_data(:'sid_c') AS small_again;
 SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
   FROM tokenstore.stats WHERE datname = current_database();
--- an entry without its payload (filled by a check of the user) gets it at
--- the first find; an API token has no data
+-- an entry without its payload (filled by a check of the user, or made by
+-- token_make) gets it at the first token_check; an API token has no data
 INSERT INTO tokenstore.token (token_hash, user_id, info, created_at, last_used_at)
 	VALUES (sha256('payload-token-000001'), 'payload-user', '{"k": "v"}', now(), now());
-SELECT tokenstore.token_user('payload-token-000001') AS filled_by_check;
+SELECT tokenstore.token_user('payload-token-000001') AS filled_by_check,
+	   tokenstore.token_make('payload-user', '{"k": "w"}', token => 'payload-token-000002') AS made;
 SELECT hits AS hits0, misses AS misses0 FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT tokenstore.token_user('payload-token-000002') AS cached_at_make;
 SELECT info FROM tokenstore.token_check('payload-token-000001');
 SELECT info FROM tokenstore.token_check('payload-token-000001');
+SELECT info FROM tokenstore.token_check('payload-token-000002');
+SELECT info FROM tokenstore.token_check('payload-token-000002');
 SELECT tokenstore.token_data('payload-token-000001') IS NULL AS no_data;
 SELECT hits - :hits0 AS hits, misses - :misses0 AS misses
   FROM tokenstore.stats WHERE datname = current_database();
 SELECT tokenstore.token_delete(:'sid_c') AS deleted,
-	   tokenstore.token_delete('payload-token-000001') AS deleted;
+	   tokenstore.token_delete('payload-token-000001') AS deleted,
+	   tokenstore.token_delete('payload-token-000002') AS deleted;
 SELECT tokenstore.token_data(:'sid_c') IS NULL AS gone;
 
 -- NULL tokens are no tokens

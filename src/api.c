@@ -415,7 +415,11 @@ cache_payload(const TokenRow *row, CachePayload *payload)
 	payload->data = row->data;
 }
 
-/* Have a new token in the cache when its transaction commits. */
+/*
+ * Have a new token in the cache when its transaction commits: a session
+ * with its payload (its finds read it), other tokens without (most are
+ * only ever checked for their user; token_check fills it in).
+ */
 static void
 prewarm(const TokenRow *row)
 {
@@ -426,7 +430,8 @@ prewarm(const TokenRow *row)
 		return;
 	cache_values(row, &values);
 	cache_payload(row, &payload);
-	xact_queue_fill(&row->key, &values, &payload, row->last_used_at);
+	xact_queue_fill(&row->key, &values, row->data ? &payload : NULL,
+					row->last_used_at);
 }
 
 /* ---- token_make ---- */

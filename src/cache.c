@@ -18,8 +18,9 @@
  * is its own setting (tokenstore.max_cached_data).  A chunk's hash code
  * differs from its entry's only above the partition bits, so the entry and
  * all its chunks are guarded by one partition lock and change together.
- * An entry may lack its payload (never read, too large, or the area was
- * full): a check that needs it then reads the table, which fills it in.
+ * An entry may lack its payload (a token made by token_make until its
+ * first token_check, one too large, or the area was full): a check that
+ * needs it then reads the table, which fills it in.
  * Every removal of an entry removes its chunks.
  *
  * Locking rules
@@ -464,6 +465,19 @@ payload_store(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
 	}
 }
 
+/*
+ * A committed change of the row: the entry's payload replaced, if it has
+ * one; one without gets one only for a session (with data), as a new
+ * token does (see prewarm in api.c).
+ */
+static void
+payload_update(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
+{
+	if ((payload != NULL && payload->data != NULL) ||
+		(payload_htab != NULL && chunk_search(ck, hashcode, 0, HASH_FIND) != NULL))
+		payload_store(ck, hashcode, payload);
+}
+
 /* Copy an entry's payload into the stream; false if it has none. */
 static bool
 payload_read(const CacheKey *ck, uint32 hashcode)
@@ -684,9 +698,9 @@ cache_last_used(const TokenKey *key)
 
 /*
  * A committed UPDATE of the token's row: take its new values and payload
- * (NULL: it has none the cache can hold), and its last use too when
- * set_used (an operator moved it back; a time the entry cannot hold removes
- * it).
+ * (NULL: none the cache can hold; see payload_update), and its last use
+ * too when set_used (an operator moved it back; a time the entry cannot
+ * hold removes it).
  */
 void
 cache_update(const TokenKey *key, const CacheValues *values,
@@ -704,7 +718,7 @@ cache_update(const TokenKey *key, const CacheValues *values,
 		entry_remove(&ck, hashcode);
 	else if (e != NULL)
 	{
-		payload_store(&ck, hashcode, payload);
+		payload_update(&ck, hashcode, payload);
 		e->user_len = values->user_len;
 		memcpy(e->user_id, values->user_id, values->user_len);
 		e->expires_at = values->expires_at;

@@ -400,7 +400,7 @@ xact_queue_fill(const TokenKey *key, const CacheValues *values,
 	p = queue(PENDING_FILL);
 	p->key = *key;
 	p->values = *values;
-	p->payload = payload_copy(payload);
+	p->payload = payload ? payload_copy(payload) : NULL;
 	p->last_used = last_used;
 	p->generation = cache_generation(key);
 }
