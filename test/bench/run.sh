@@ -37,6 +37,23 @@ if [ "$BIG" = yes ] || { [ "$BIG" = auto ] &&
 	cache_size=11000000
 fi
 
+# 0. shared memory per cached token and per chunk of payload, everything
+# counted: the growth of shared_memory_size (MB) with the capacities, read
+# off an idle data directory by postgres -C
+as_postgres "$BIN/initdb" -D "$DIR/sizing" >/dev/null 2>&1
+shmem_mb() {
+	as_postgres "$BIN/postgres" -D "$DIR/sizing" -C shared_memory_size \
+		-c shared_preload_libraries=tokenstore -c tokenstore.max_cached_tokens="$1" \
+		-c tokenstore.max_cached_data="$2"
+}
+mb_none=$(shmem_mb 0 0)
+mb_tokens=$(shmem_mb 2000000 0)
+mb_data=$(shmem_mb 2000000 512MB)
+bytes_token=$(awk -v a="$mb_tokens" -v b="$mb_none" 'BEGIN {printf "%.0f", (a - b) * 1048576 / 2000000}')
+# the chunks 512 MB buys: see payload_capacity() in src/cache.c
+bytes_chunk=$(awk -v a="$mb_data" -v b="$mb_tokens" 'BEGIN {printf "%.0f", (a - b) * 1048576 / int(512 * 1048576 / 264)}')
+rm -rf "$DIR/sizing"
+
 start_server $cache_size
 
 # tps of a pgbench script: pgbench SCRIPT N [extra pgbench options]
@@ -215,6 +232,8 @@ cat <<TABLE
 | \`token_make\` | $t_make tps | |
 | plain \`INSERT\` of the same row | $t_insert tps | |
 | **token_make / INSERT** | **$(ratio "$t_make" "$t_insert")** | |
+| shared memory per cached token, everything counted | $bytes_token bytes | |
+| … per 200-byte chunk of a cached payload (info and data; a session of 1 kB takes 6) | $bytes_chunk bytes | |
 | in-server \`token_user\` over 1M cached tokens | **$ns_call ns/call** | ≤ 1000 |
 | … the same C function without SECURITY DEFINER | $ns_invoker ns/call | |
 | … a call of a trivial built-in (\`length\`): fmgr | $ns_length ns/call | |
