@@ -148,6 +148,7 @@ typedef struct CacheShared
 static CacheShared *shared = NULL;
 static HTAB *htab = NULL;
 static HTAB *payload_htab = NULL;
+static LWLockPadded *locks = NULL;
 
 /*
  * A payload as one stream of bytes, between the chunks and the caller: a
@@ -155,7 +156,6 @@ static HTAB *payload_htab = NULL;
  * the stack by 8 kB.
  */
 static char stream[PAYLOAD_STREAM_MAX];
-static LWLockPadded *locks = NULL;
 
 static int
 backend_slots(void)
@@ -378,6 +378,13 @@ cache_payload_fits(Size info_size, Size data_size)
 		data_size <= CACHE_PAYLOAD_MAX - info_size;
 }
 
+/* The length of a payload's stream, head included. */
+static inline Size
+stream_length(const PayloadHead *head)
+{
+	return sizeof(*head) + head->info_size + Max(head->data_size, 0);
+}
+
 /* The payload into the stream; its length, or 0 if too large. */
 static Size
 payload_write(const CachePayload *payload)
@@ -393,10 +400,10 @@ payload_write(const CachePayload *payload)
 	if (payload->data)
 		memcpy(stream + sizeof(head) + head.info_size, payload->data,
 			   head.data_size);
-	head.nchunks = (sizeof(head) + head.info_size + Max(head.data_size, 0) +
-					PAYLOAD_CHUNK_BYTES - 1) / PAYLOAD_CHUNK_BYTES;
+	head.nchunks = (stream_length(&head) + PAYLOAD_CHUNK_BYTES - 1) /
+		PAYLOAD_CHUNK_BYTES;
 	memcpy(stream, &head, sizeof(head));
-	return sizeof(head) + head.info_size + Max(head.data_size, 0);
+	return stream_length(&head);
 }
 
 static PayloadChunk *
@@ -411,6 +418,13 @@ chunk_search(const CacheKey *ck, uint32 hashcode, uint32 chunk,
 	return hash_search_with_hash_value(payload_htab, &pk,
 									   chunk_hashcode(hashcode, chunk),
 									   action, NULL);
+}
+
+static inline bool
+has_payload(const CacheKey *ck, uint32 hashcode)
+{
+	return payload_htab != NULL &&
+		chunk_search(ck, hashcode, 0, HASH_FIND) != NULL;
 }
 
 /* Remove the first n chunks of an entry's payload. */
@@ -473,8 +487,7 @@ payload_store(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
 static void
 payload_update(const CacheKey *ck, uint32 hashcode, const CachePayload *payload)
 {
-	if ((payload != NULL && payload->data != NULL) ||
-		(payload_htab != NULL && chunk_search(ck, hashcode, 0, HASH_FIND) != NULL))
+	if ((payload != NULL && payload->data != NULL) || has_payload(ck, hashcode))
 		payload_store(ck, hashcode, payload);
 }
 
@@ -491,7 +504,7 @@ payload_read(const CacheKey *ck, uint32 hashcode)
 		(c = chunk_search(ck, hashcode, 0, HASH_FIND)) == NULL)
 		return false;
 	memcpy(&head, c->bytes, sizeof(head));
-	len = sizeof(head) + head.info_size + Max(head.data_size, 0);
+	len = stream_length(&head);
 	for (i = 0; i < head.nchunks; i++)
 	{
 		if (i > 0 && (c = chunk_search(ck, hashcode, i, HASH_FIND)) == NULL)
@@ -647,7 +660,7 @@ cache_fill(const TokenKey *key, const CacheValues *values,
 			pg_atomic_init_u64(&e->used, used_pack(last_used, dirty));
 		}
 		if (e != NULL && payload != NULL &&
-			(!found || chunk_search(&ck, hashcode, 0, HASH_FIND) == NULL))
+			(!found || !has_payload(&ck, hashcode)))
 			payload_store(&ck, hashcode, payload);
 	}
 	LWLockRelease(lock);
