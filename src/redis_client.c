@@ -700,9 +700,10 @@ token_key_name(StringInfo buf, const char *db, int dblen, const uint8 *hash)
 	appendStringInfo(buf, "token:%s", hex_text(hash, PG_SHA256_DIGEST_LENGTH));
 }
 
-static void
-user_key_name(StringInfo buf, const char *db, int dblen, const char *user,
-			  int userlen)
+/* The name of a user's set of token keys. */
+void
+redis_user_key(StringInfo buf, const char *db, int dblen, const char *user,
+			   int userlen)
 {
 	resetStringInfo(buf);
 	append_db(buf, db, dblen);
@@ -763,7 +764,7 @@ redis_send_set(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 	initStringInfo(&key);
 	initStringInfo(&ukey);
 	token_key_name(&key, db, dblen, hash);
-	user_key_name(&ukey, db, dblen, user, userlen);
+	redis_user_key(&ukey, db, dblen, user, userlen);
 	set[1] = key.data;
 	setlens[1] = key.len;
 	snprintf(ms, sizeof(ms), INT64_FORMAT, unix_ms(deadline));
@@ -809,7 +810,7 @@ redis_send_drop(Pipeline *p, const char *db, int dblen, const uint8 *hash,
 	initStringInfo(&key);
 	initStringInfo(&ukey);
 	token_key_name(&key, db, dblen, hash);
-	user_key_name(&ukey, db, dblen, user, userlen);
+	redis_user_key(&ukey, db, dblen, user, userlen);
 	del[1] = key.data;
 	dellens[1] = key.len;
 	pipe_send(p, 2, del, dellens);
@@ -866,6 +867,90 @@ send_expire(Pipeline *p, const FanoutMsg *m)
 	pfree(key.data);
 }
 
+/* The next batch of a cursor's walk: SCAN of keys, or SSCAN of a set. */
+static redisReply *
+scan_batch(Pipeline *p, const char *set, const char *match, const char *cursor)
+{
+	const char *scan[] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
+	const char *sscan[] = {"SSCAN", set, cursor, "COUNT", "1000"};
+	redisReply *reply;
+
+	if (!pipe_wait(p))
+		return NULL;
+	reply = set ? redis_command(p->c, p->err, lengthof(sscan), sscan) :
+		redis_command(p->c, p->err, lengthof(scan), scan);
+	if (reply != NULL &&
+		(reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+		 reply->element[0]->type != REDIS_REPLY_STRING ||
+		 reply->element[1]->type != REDIS_REPLY_ARRAY))
+	{
+		snprintf(p->err, REDIS_ERRLEN, "%s failed: bad reply", set ? "SSCAN" : "SCAN");
+		freeReplyObject(reply);
+		reply = NULL;
+	}
+	if (reply == NULL)
+		p->failed = true;
+	else
+		p->sent++;
+	return reply;
+}
+
+/*
+ * Walk a cursor to its end: the keys matching match, or (with set) the
+ * members of that set, a batch at a time, each given to visit, whose
+ * commands are pipelined.  False (p->err says why) if Redis failed or visit
+ * said to stop.
+ */
+bool
+redis_scan(Pipeline *p, const char *set, const char *match, ScanFunc visit,
+		   void *arg)
+{
+	char		cursor[32] = "0";
+	bool		ok = true;
+
+	do
+	{
+		redisReply *volatile reply = scan_batch(p, set, match, cursor);
+
+		if (reply == NULL)
+			return false;
+		strlcpy(cursor, reply->element[0]->str, sizeof(cursor));
+		PG_TRY();
+		{
+			ok = visit(p, reply->element[1]->element,
+					   reply->element[1]->elements, arg);
+		}
+		PG_FINALLY();
+		{
+			freeReplyObject(reply);
+		}
+		PG_END_TRY();
+	} while (ok && strcmp(cursor, "0") != 0);
+	return ok && pipe_wait(p);
+}
+
+/* ScanFunc of redis_scan_delete: arg points to its KeepFunc. */
+static bool
+delete_batch(Pipeline *p, redisReply **keys, int n, void *arg)
+{
+	KeepFunc	keep = *(KeepFunc *) arg;
+	bool	   *drop = palloc0(sizeof(bool) * Max(n, 1));
+	int			i;
+
+	if (keep != NULL)
+		keep(keys, n, drop);
+	for (i = 0; i < n; i++)
+	{
+		const char *del[] = {"UNLINK", keys[i]->str};
+		size_t		dellens[2] = {6, keys[i]->len};
+
+		if (keep == NULL || drop[i])
+			pipe_send(p, 2, del, dellens);
+	}
+	pfree(drop);
+	return !p->failed;
+}
+
 /*
  * Delete every key matching the pattern, or, with keep, those of them that
  * keep says no to (keep sees a batch of key names and sets drop[i]).
@@ -873,49 +958,7 @@ send_expire(Pipeline *p, const FanoutMsg *m)
 bool
 redis_scan_delete(Pipeline *p, const char *match, KeepFunc keep)
 {
-	char		cursor[32] = "0";
-
-	do
-	{
-		const char *argv[] = {"SCAN", cursor, "MATCH", match, "COUNT", "1000"};
-		redisReply *reply;
-		redisReply *keys;
-		bool	   *drop;
-		int			i;
-
-		if (!pipe_wait(p))
-			return false;
-		reply = redis_command(p->c, p->err, 6, argv);
-		if (reply != NULL &&
-			(reply->type != REDIS_REPLY_ARRAY || reply->elements != 2))
-		{
-			snprintf(p->err, REDIS_ERRLEN, "SCAN failed: bad reply");
-			freeReplyObject(reply);
-			reply = NULL;
-		}
-		if (reply == NULL)
-		{
-			p->failed = true;
-			return false;
-		}
-		p->sent++;
-		strlcpy(cursor, reply->element[0]->str, sizeof(cursor));
-		keys = reply->element[1];
-		drop = palloc0(sizeof(bool) * Max(keys->elements, 1));
-		if (keep != NULL)
-			keep(keys->element, keys->elements, drop);
-		for (i = 0; i < keys->elements; i++)
-		{
-			const char *del[] = {"UNLINK", keys->element[i]->str};
-			size_t		dellens[2] = {6, keys->element[i]->len};
-
-			if (keep == NULL || drop[i])
-				pipe_send(p, 2, del, dellens);
-		}
-		pfree(drop);
-		freeReplyObject(reply);
-	} while (strcmp(cursor, "0") != 0);
-	return pipe_wait(p);
+	return redis_scan(p, NULL, match, delete_batch, &keep);
 }
 
 static void

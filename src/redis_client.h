@@ -27,6 +27,9 @@ typedef struct Pipeline
 /* Which of n key names (from SCAN) to delete: drop[i] for keys[i]. */
 typedef void (*KeepFunc) (redisReply **keys, int n, bool *drop);
 
+/* A batch of names a cursor walk returned; false to stop the walk. */
+typedef bool (*ScanFunc) (Pipeline *p, redisReply **names, int n, void *arg);
+
 extern bool redis_configured(void);
 extern redisContext *redis_connect(char *err, char *server, size_t size);
 extern bool redis_master_moved(const char *server);
@@ -45,6 +48,8 @@ extern bool pipe_wait(Pipeline *p);
 extern void redis_marker_key(StringInfo buf);
 extern void redis_pattern(StringInfo buf, const char *db, int dblen,
 						  const char *tail);
+extern void redis_user_key(StringInfo buf, const char *db, int dblen,
+						   const char *user, int userlen);
 extern void redis_send_set(Pipeline *p, const char *db, int dblen,
 						   const uint8 *hash, const char *user, int userlen,
 						   const char *value, int valuelen,
@@ -52,6 +57,8 @@ extern void redis_send_set(Pipeline *p, const char *db, int dblen,
 extern void redis_send_drop(Pipeline *p, const char *db, int dblen,
 							const uint8 *hash, const char *user, int userlen);
 extern void redis_send_msg(Pipeline *p, const FanoutMsg *m, TimestampTz now);
+extern bool redis_scan(Pipeline *p, const char *set, const char *match,
+					   ScanFunc visit, void *arg);
 extern bool redis_scan_delete(Pipeline *p, const char *match, KeepFunc keep);
 
 #endif

@@ -6,9 +6,11 @@
  *	  (see fanout.c for the epoch, and for the hold that orders what the
  *	  publisher sends after what this writes).
  *
- * It drops the database's user sets, writes every live token a page at a
- * time (each page read on the latest snapshot), and deletes the keys of
- * tokens that are not live.  The publisher holds back the writes committed
+ * It writes every live token a page at a time (each page read on the latest
+ * snapshot), then takes out of the user sets the tokens that are not live
+ * (or not that user's), and deletes the keys of tokens that are not live:
+ * what was true in Redis stays there throughout, so a reader never sees a
+ * live token missing while a resync runs.  The publisher holds back the writes committed
  * meanwhile, but sends revocations at once; so after each page has been
  * written, the page's tokens are looked up again, and those revoked since
  * the page was read are deleted: a revocation that committed before that
@@ -50,18 +52,24 @@ key_hash(const redisReply *key, TokenKey *out)
 					 PG_SHA256_DIGEST_LENGTH, out->bytes);
 }
 
-/* Which of n keys belong to live tokens, read on the latest snapshot. */
+/*
+ * Which of n keys belong to live tokens (of user, unless NULL), read on the
+ * latest snapshot.
+ */
 static void
-live_among(const TokenKey *keys, int n, bool *live)
+live_among(const TokenKey *keys, int n, const char *user, bool *live)
 {
 	store_begin();
-	store_live_among(keys, n, GetCurrentTimestamp(), live);
+	store_live_among(keys, n, user, GetCurrentTimestamp(), live);
 	store_end();
 }
 
-/* KeepFunc: drop the keys whose tokens are not live. */
+/*
+ * Which of n token key names are not those of live tokens (of user, unless
+ * NULL): drop[i] for keys[i].
+ */
 static void
-drop_dead(redisReply **keys, int n, bool *drop)
+find_dead(redisReply **keys, int n, const char *user, bool *drop)
 {
 	TokenKey   *hashes = palloc(sizeof(TokenKey) * Max(n, 1));
 	bool	   *live = palloc(sizeof(bool) * Max(n, 1));
@@ -76,12 +84,66 @@ drop_dead(redisReply **keys, int n, bool *drop)
 			index[nhashes++] = i;
 	}
 	if (nhashes > 0)
-		live_among(hashes, nhashes, live);
+		live_among(hashes, nhashes, user, live);
 	for (i = 0; i < nhashes; i++)
 		drop[index[i]] = !live[i];
 	pfree(hashes);
 	pfree(live);
 	pfree(index);
+}
+
+/* KeepFunc: drop the keys whose tokens are not live. */
+static void
+drop_dead(redisReply **keys, int n, bool *drop)
+{
+	find_dead(keys, n, NULL, drop);
+}
+
+/* A user set, and the user its name ends in. */
+typedef struct UserSet
+{
+	const char *key;
+	size_t		keylen;
+	const char *user;
+} UserSet;
+
+/* ScanFunc over a user set's members: take out those not live for it. */
+static bool
+prune_members(Pipeline *p, redisReply **members, int n, void *arg)
+{
+	UserSet    *set = arg;
+	bool	   *drop = palloc(sizeof(bool) * Max(n, 1));
+	int			i;
+
+	find_dead(members, n, set->user, drop);
+	for (i = 0; i < n; i++)
+	{
+		const char *srem[] = {"SREM", set->key, members[i]->str};
+		size_t		lens[3] = {4, set->keylen, members[i]->len};
+
+		if (drop[i])
+			pipe_send(p, 3, srem, lens);
+	}
+	pfree(drop);
+	return !p->failed;
+}
+
+/* ScanFunc over the user sets (arg: the length of their names' prefix). */
+static bool
+prune_sets(Pipeline *p, redisReply **sets, int n, void *arg)
+{
+	size_t		prefix = *(size_t *) arg;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		UserSet		set = {sets[i]->str, sets[i]->len, sets[i]->str + prefix};
+
+		if (sets[i]->len > prefix &&
+			!redis_scan(p, set.key, NULL, prune_members, &set))
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -123,7 +185,7 @@ recheck_page(Pipeline *p, List *rows)
 		return false;
 	foreach(lc, rows)
 		keys[i++] = ((TokenRow *) lfirst(lc))->key;
-	live_among(keys, n, live);
+	live_among(keys, n, NULL, live);
 	i = 0;
 	foreach(lc, rows)
 	{
@@ -194,10 +256,15 @@ static bool
 resync(Pipeline *p)
 {
 	StringInfoData match;
+	size_t		prefix;
 
+	if (!write_live(p))
+		return false;
 	initStringInfo(&match);
+	redis_user_key(&match, resync_db, resync_dblen, "", 0);
+	prefix = match.len;
 	redis_pattern(&match, resync_db, resync_dblen, "user:*");
-	if (!redis_scan_delete(p, match.data, NULL) || !write_live(p))
+	if (!redis_scan(p, NULL, match.data, prune_sets, &prefix))
 		return false;
 	redis_pattern(&match, resync_db, resync_dblen, "token:*");
 	return redis_scan_delete(p, match.data, drop_dead);

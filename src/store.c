@@ -292,8 +292,9 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_LIVE_AMONG] = {
 		"SELECT token_hash FROM tokenstore.token"
-		" WHERE token_hash = ANY ($1) AND " LIVE("$2"),
-		2, {BYTEAARRAYOID, TIMESTAMPTZOID}
+		" WHERE token_hash = ANY ($1) AND " LIVE("$2")
+		" AND ($3::text IS NULL OR user_id = $3)",
+		3, {BYTEAARRAYOID, TIMESTAMPTZOID, TEXTOID}
 	},
 
 	/*
@@ -843,12 +844,17 @@ key_cmp(const void *a, const void *b)
 	return memcmp(a, b, sizeof(TokenKey));
 }
 
-/* Which of the n keys belong to live tokens: live[i] for keys[i]. */
+/*
+ * Which of the n keys belong to live tokens (of user, unless NULL): live[i]
+ * for keys[i].
+ */
 void
-store_live_among(const TokenKey *keys, int n, TimestampTz now, bool *live)
+store_live_among(const TokenKey *keys, int n, const char *user,
+				 TimestampTz now, bool *live)
 {
 	Datum	   *hashes = palloc(sizeof(Datum) * n);
-	Datum		values[2];
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', user ? ' ' : 'n'};
 	TokenKey   *found;
 	uint64		nfound;
 	uint64		i;
@@ -858,7 +864,8 @@ store_live_among(const TokenKey *keys, int n, TimestampTz now, bool *live)
 	values[0] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
 												false, TYPALIGN_INT));
 	values[1] = TimestampTzGetDatum(now);
-	nfound = store_exec(STMT_LIVE_AMONG, values, NULL, 0);
+	values[2] = user ? CStringGetTextDatum(user) : (Datum) 0;
+	nfound = store_exec(STMT_LIVE_AMONG, values, nulls, 0);
 	found = palloc(sizeof(TokenKey) * Max(nfound, 1));
 	for (i = 0; i < nfound; i++)
 		key_from_column(i, 1, &found[i]);

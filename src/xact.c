@@ -68,6 +68,7 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_trigger.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "compat.h"
 #include "executor/spi.h"
@@ -828,12 +829,15 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId,
 			 subId == 0 && is_token_table(objectId))
 		queue_purge(MyDatabaseId);
 	else if (access == OAT_POST_ALTER && classId == TriggerRelationId &&
-			 fanout_loaded() && is_token_table(trigger_table(objectId)))
+			 !creating_extension && fanout_loaded() &&
+			 is_token_table(trigger_table(objectId)))
 	{
 		/*
 		 * A trigger of the table was enabled or disabled, as a restore with
 		 * pg_restore --disable-triggers does: rows may have come and gone
-		 * unseen, so Redis is written again.
+		 * unseen, so Redis is written again.  Not when the extension's own
+		 * scripts set its triggers up: no row went by unseen, and every
+		 * database would be written again for nothing.
 		 */
 		note_missed();
 	}

@@ -239,6 +239,7 @@ is(present(key($ghost1)) . present(key($ghost2)) . members('ghost'), '00',
 	'a rolled back token_make, or one in a rolled back savepoint, never is');
 
 # ---- two databases ----
+my $resyncs = $node->safe_psql($db, sprintf($redis_stats, 'resyncs'));
 $node->safe_psql($db, 'CREATE DATABASE other');
 $node->safe_psql('other', 'CREATE EXTENSION tokenstore');
 $node->safe_psql($db, 'CREATE DATABASE "odd db:1"');
@@ -254,6 +255,12 @@ TokenstoreRedis::wait_redis(
 	'1 1 1 0', 'each database writes under its own name (percent-encoded)');
 is(members('frank', 'other'), key($there, 'other'), 'and has its own user sets');
 is(members('frank'), key($here), 'separate from the other databases');
+# Creating the extension in a database writes that database alone to Redis:
+# the others were missed nothing.
+TokenstoreTest::wait_for($node, $db, sprintf($redis_stats, 'state'), 'up',
+	'the mirror is up with the new databases');
+is($node->safe_psql($db, sprintf($redis_stats, 'resyncs')), $resyncs + 2,
+	'two resyncs: the new databases, not this one');
 
 # TRUNCATE purges the database's keys, and no other database's.
 my @before_truncate = $redis->scan('tokenstore:postgres:*');
