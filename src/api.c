@@ -500,7 +500,7 @@ token_make(PG_FUNCTION_ARGS)
 		revoked = store_revoke_lru(row.user_id, now, 0);
 	else if (max_tokens > 0)
 		revoked = store_revoke_lru(row.user_id, now, max_tokens - 1);
-	if (!store_insert(&row))
+	if (!store_insert(&row, given != NULL))
 		duplicate_token_error();
 	store_end();
 	prewarm(&row);
@@ -917,7 +917,7 @@ token_rotate(PG_FUNCTION_ARGS)
 		row.share_secret = token_seal(store_seal_secret(), &row.key,
 									  VARDATA_ANY(token),
 									  VARSIZE_ANY_EXHDR(token));
-	if (!store_insert(&row))
+	if (!store_insert(&row, given != NULL))
 		duplicate_token_error();
 	if (grace == 0)
 		(void) store_delete(&old_key, now);

@@ -6,8 +6,20 @@
  *	  deadlines and the last use; and beside it the payload area, which
  *	  holds what a session's check reads besides (info, data, creation).
  *
- * An entry is 128 bytes (plus dynahash's 16-byte element header and its
- * bucket pointers).  It never holds the token.
+ * The entry table
+ * ---------------
+ * Open addressing, a region of slots per partition: the slot is the entry
+ * (104 bytes), found through an array of 4-byte tags (a slice of the hash;
+ * 0 marks a free slot) probed linearly from the key's home slot, so a hit
+ * reads one line of tags and one entry, and a token costs about 118 bytes
+ * of shared memory, everything counted.  Removal shifts the rest of a probe
+ * run back, so no tombstones build up.  The cache holds at most
+ * max_cached_tokens entries (an atomic count); each region has some slack
+ * over its share (for the spread of the hash) and refuses an insert when
+ * one slot is left free, which ends every probe.  An entry holds up to
+ * ENTRY_USER_INLINE bytes of the user id; a longer one keeps the rest in a
+ * chunk of the payload area (without room there, the token is not cached).
+ * No entry ever holds the token.
  *
  * The payload area
  * ----------------
@@ -39,9 +51,9 @@
  *   before the year 287000: a time that does not fit (only an operator's
  *   edit can make one) is never cached, so every packed time round-trips.
  * - Inserting, changing and removing entries take the partition lock
- *   exclusively, for a hash operation and a few stores: never across I/O,
- *   SPI or anything that can ERROR.  Inserts use HASH_ENTER_NULL: a full
- *   cache refuses an entry, it never errors.
+ *   exclusively, for a probe and a few stores: never across I/O, SPI or
+ *   anything that can ERROR.  A full region or payload area refuses an
+ *   entry, it never errors.
  * - Every change of an entry's token in the table bumps the partition's
  *   generation counter (see xact.c), so a fill that read the table before
  *   such a change sees the bump and stays out (cache_generation before the
@@ -55,6 +67,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <math.h>
 
 #include "access/twophase.h"
 #include "access/xlog.h"
@@ -89,17 +103,20 @@ typedef struct CacheKey
 /* Bytes of payload per chunk: a chunk is 240 bytes with its key. */
 #define PAYLOAD_CHUNK_BYTES	200
 
+/* The bytes of a user id an entry holds; the rest take a payload chunk. */
+#define ENTRY_USER_INLINE	43
+
 typedef struct CacheEntry
 {
-	CacheKey	key;
-	uint8		user_len;
-	char		user_id[CACHE_USER_ID_MAX];
 	pg_atomic_uint64 used;		/* (last use << 1) | dirty */
 	TimestampTz expires_at;
 	int64		idle_us;
+	CacheKey	key;
+	uint8		user_len;
+	char		user_id[ENTRY_USER_INLINE];
 } CacheEntry;
 
-StaticAssertDecl(sizeof(CacheEntry) == 128, "a cache entry is 128 bytes");
+StaticAssertDecl(sizeof(CacheEntry) == 104, "a cache entry is 104 bytes");
 
 typedef struct PayloadKey
 {
@@ -112,6 +129,12 @@ typedef struct PayloadChunk
 	PayloadKey	key;
 	char		bytes[PAYLOAD_CHUNK_BYTES];
 } PayloadChunk;
+
+/* The chunk that holds the rest of a long user id. */
+#define USER_CHUNK			PG_UINT32_MAX
+
+StaticAssertDecl(CACHE_USER_ID_MAX - ENTRY_USER_INLINE <= PAYLOAD_CHUNK_BYTES,
+				 "the rest of a user id fits a chunk");
 
 /*
  * The start of chunk 0: the payload is this head, then info, then data
@@ -141,12 +164,16 @@ typedef struct CacheShared
 	pg_atomic_uint64 fills;
 	pg_atomic_uint64 refused;
 	pg_atomic_uint64 evictions;
+	pg_atomic_uint64 entries;	/* never above max_cached_tokens */
+	int32		used_slots[CACHE_PARTITIONS];	/* entries per region */
 	int			nbackends;
 	BackendCounters counters[FLEXIBLE_ARRAY_MEMBER];
 } CacheShared;
 
 static CacheShared *shared = NULL;
-static HTAB *htab = NULL;
+static uint32 *tags = NULL;
+static CacheEntry *entries = NULL;
+static uint32 region_slots = 0;
 static HTAB *payload_htab = NULL;
 static LWLockPadded *locks = NULL;
 
@@ -170,6 +197,28 @@ shared_size(void)
 					mul_size(backend_slots(), sizeof(BackendCounters)));
 }
 
+/*
+ * Slots per partition: its share of the capacity, 5 % more, and room for
+ * the spread of a uniform hash over the partitions (four standard
+ * deviations, and a few slots for tiny caches).
+ */
+static uint32
+slots_per_region(void)
+{
+	double		share = (double) tokenstore_max_cached_tokens / CACHE_PARTITIONS;
+
+	return (uint32) ceil(share * 1.05 + 4 * sqrt(share) + 4);
+}
+
+static Size
+slots_size(void)
+{
+	Size		slots = mul_size(slots_per_region(), CACHE_PARTITIONS);
+
+	return add_size(mul_size(slots, sizeof(uint32)),
+					mul_size(slots, sizeof(CacheEntry)));
+}
+
 /* How many chunks tokenstore.max_cached_data buys, everything counted. */
 static long
 payload_capacity(void)
@@ -184,9 +233,7 @@ payload_capacity(void)
 Size
 cache_shmem_size(void)
 {
-	Size		size = add_size(shared_size(),
-								hash_estimate_size(tokenstore_max_cached_tokens,
-												   sizeof(CacheEntry)));
+	Size		size = add_size(shared_size(), slots_size());
 
 	if (payload_capacity() > 0)
 		size = add_size(size, hash_estimate_size(payload_capacity(),
@@ -237,7 +284,8 @@ cache_shmem_startup(void)
 	int			i;
 
 	shared = NULL;
-	htab = NULL;
+	tags = NULL;
+	entries = NULL;
 	payload_htab = NULL;
 	locks = NULL;
 	if (tokenstore_max_cached_tokens <= 0)
@@ -251,6 +299,8 @@ cache_shmem_startup(void)
 		pg_atomic_init_u64(&shared->fills, 0);
 		pg_atomic_init_u64(&shared->refused, 0);
 		pg_atomic_init_u64(&shared->evictions, 0);
+		pg_atomic_init_u64(&shared->entries, 0);
+		memset(shared->used_slots, 0, sizeof(shared->used_slots));
 		shared->nbackends = backend_slots();
 		for (i = 0; i < shared->nbackends; i++)
 		{
@@ -260,18 +310,14 @@ cache_shmem_startup(void)
 	}
 	locks = GetNamedLWLockTranche(CACHE_TRANCHE);
 
-	info.keysize = sizeof(CacheKey);
-	info.entrysize = sizeof(CacheEntry);
-	info.hash = key_hash;
-	info.num_partitions = CACHE_PARTITIONS;
-	htab = ShmemInitHash("tokenstore cache hash",
-						 tokenstore_max_cached_tokens,
-						 tokenstore_max_cached_tokens,
-						 &info,
-						 HASH_ELEM | HASH_FUNCTION | HASH_PARTITION |
-						 HASH_FIXED_SIZE);
+	region_slots = slots_per_region();
+	tags = ShmemInitStruct("tokenstore cache slots", slots_size(), &found);
+	entries = (CacheEntry *) (tags + (Size) region_slots * CACHE_PARTITIONS);
+	if (!found)
+		memset(tags, 0, (Size) region_slots * CACHE_PARTITIONS * sizeof(uint32));
 	if (payload_capacity() == 0)
 		return;
+	info.num_partitions = CACHE_PARTITIONS;
 	info.keysize = sizeof(PayloadKey);
 	info.entrysize = sizeof(PayloadChunk);
 	info.hash = payload_key_hash;
@@ -291,7 +337,7 @@ cache_shmem_startup(void)
 bool
 cache_enabled(void)
 {
-	return htab != NULL && !RecoveryInProgress();
+	return tags != NULL && !RecoveryInProgress();
 }
 
 /* ---- keys, locks and packed uses ---- */
@@ -355,6 +401,136 @@ unlock_all(void)
 
 	for (i = CACHE_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&locks[i].lock);
+}
+
+/* ---- the entry table: the caller holds the partition lock ---- */
+
+/* A key's slot tag: a slice of its hash other than the partition's, never 0. */
+static inline uint32
+key_tag(const CacheKey *ck)
+{
+	uint32		tag;
+
+	memcpy(&tag, ck->hash + 8, sizeof(tag));
+	return tag != 0 ? tag : 1;
+}
+
+/* The slot in its region where a key's probe starts. */
+static inline uint32
+key_home(const CacheKey *ck)
+{
+	uint32		h;
+
+	memcpy(&h, ck->hash + 4, sizeof(h));
+	return (uint32) (((uint64) (h ^ ck->dbid) * region_slots) >> 32);
+}
+
+/* The first slot of a partition's region. */
+static inline Size
+region_start(uint32 hashcode)
+{
+	return (Size) (hashcode % CACHE_PARTITIONS) * region_slots;
+}
+
+static inline uint32
+next_slot(uint32 i)
+{
+	return i + 1 < region_slots ? i + 1 : 0;
+}
+
+/* A key's entry, or NULL. */
+static CacheEntry *
+entry_find(const CacheKey *ck, uint32 hashcode)
+{
+	Size		start = region_start(hashcode);
+	uint32		tag = key_tag(ck);
+	uint32		i;
+
+	for (i = key_home(ck); tags[start + i] != 0; i = next_slot(i))
+	{
+		if (tags[start + i] == tag &&
+			memcmp(&entries[start + i].key, ck, sizeof(*ck)) == 0)
+			return &entries[start + i];
+	}
+	return NULL;
+}
+
+/*
+ * A new entry for a key that has none (its key set), or NULL if the cache
+ * or the region is full.
+ */
+static CacheEntry *
+entry_insert(const CacheKey *ck, uint32 hashcode)
+{
+	uint32		partition = hashcode % CACHE_PARTITIONS;
+	Size		start = region_start(hashcode);
+	uint32		i;
+
+	if (shared->used_slots[partition] >= (int32) region_slots - 1)
+		return NULL;
+	if (pg_atomic_fetch_add_u64(&shared->entries, 1) >=
+		(uint64) tokenstore_max_cached_tokens)
+	{
+		pg_atomic_fetch_sub_u64(&shared->entries, 1);
+		return NULL;
+	}
+	for (i = key_home(ck); tags[start + i] != 0; i = next_slot(i))
+		;
+	tags[start + i] = key_tag(ck);
+	entries[start + i].key = *ck;
+	shared->used_slots[partition]++;
+	return &entries[start + i];
+}
+
+/*
+ * Whether the entry in slot i, whose home is `home`, may move back to the
+ * hole: the hole lies on its probe path, from its home up to i.
+ */
+static inline bool
+can_move_back(uint32 home, uint32 hole, uint32 i)
+{
+	if (hole <= i)
+		return home <= hole || home > i;
+	return home <= hole && home > i;
+}
+
+/*
+ * Free an entry's slot, and move the entries after it in its probe run
+ * back, so that every entry stays reachable from its home.
+ */
+static void
+slot_free(CacheEntry *e, uint32 hashcode)
+{
+	Size		start = region_start(hashcode);
+	uint32		hole = (uint32) (e - &entries[start]);
+	uint32		i;
+
+	for (i = next_slot(hole); tags[start + i] != 0; i = next_slot(i))
+	{
+		if (!can_move_back(key_home(&entries[start + i].key), hole, i))
+			continue;
+		tags[start + hole] = tags[start + i];
+		memcpy(&entries[start + hole], &entries[start + i], sizeof(CacheEntry));
+		hole = i;
+	}
+	tags[start + hole] = 0;
+	shared->used_slots[hashcode % CACHE_PARTITIONS]--;
+	pg_atomic_fetch_sub_u64(&shared->entries, 1);
+}
+
+/* The entry in slot i of a partition's region, or NULL if it is free. */
+static inline CacheEntry *
+slot_entry(int partition, uint32 i)
+{
+	Size		slot = (Size) partition * region_slots + i;
+
+	return tags[slot] != 0 ? &entries[slot] : NULL;
+}
+
+static int64
+entry_count(void)
+{
+	return (int64) pg_atomic_read_u64(&shared->entries);
 }
 
 static inline BackendCounters *
@@ -534,12 +710,74 @@ payload_unpack(CachePayload *payload)
 	}
 }
 
-/* Remove an entry and its payload. */
+/*
+ * Give an entry its values; the end of a user id longer than an entry holds
+ * goes to a chunk.  False if there was no room for that chunk.
+ */
+static bool
+entry_set(CacheEntry *e, uint32 hashcode, const CacheValues *values)
+{
+	int			inline_len = Min(values->user_len, ENTRY_USER_INLINE);
+
+	if (e->user_len > ENTRY_USER_INLINE && values->user_len <= ENTRY_USER_INLINE)
+		(void) chunk_search(&e->key, hashcode, USER_CHUNK, HASH_REMOVE);
+	if (values->user_len > ENTRY_USER_INLINE)
+	{
+		PayloadChunk *c = payload_htab == NULL ? NULL :
+			chunk_search(&e->key, hashcode, USER_CHUNK, HASH_ENTER_NULL);
+
+		if (c == NULL)
+			return false;
+		memcpy(c->bytes, values->user_id + ENTRY_USER_INLINE,
+			   values->user_len - ENTRY_USER_INLINE);
+	}
+	e->user_len = values->user_len;
+	memcpy(e->user_id, values->user_id, inline_len);
+	e->expires_at = values->expires_at;
+	e->idle_us = values->idle_us;
+	return true;
+}
+
+/* An entry's values; false if the end of its user id has gone missing. */
+static bool
+entry_get(const CacheEntry *e, uint32 hashcode, CacheValues *values)
+{
+	values->user_len = e->user_len;
+	memcpy(values->user_id, e->user_id, Min(e->user_len, ENTRY_USER_INLINE));
+	values->expires_at = e->expires_at;
+	values->idle_us = e->idle_us;
+	if (e->user_len > ENTRY_USER_INLINE)
+	{
+		PayloadChunk *c = chunk_search(&e->key, hashcode, USER_CHUNK, HASH_FIND);
+
+		if (c == NULL)
+			return false;
+		memcpy(values->user_id + ENTRY_USER_INLINE, c->bytes,
+			   e->user_len - ENTRY_USER_INLINE);
+	}
+	return true;
+}
+
+/* Remove an entry, its payload and the end of its user id. */
+static void
+entry_drop(CacheEntry *e, uint32 hashcode)
+{
+	CacheKey	ck = e->key;
+
+	if (e->user_len > ENTRY_USER_INLINE)
+		(void) chunk_search(&ck, hashcode, USER_CHUNK, HASH_REMOVE);
+	slot_free(e, hashcode);
+	payload_remove(&ck, hashcode);
+}
+
+/* Remove a key's entry, if any. */
 static void
 entry_remove(const CacheKey *ck, uint32 hashcode)
 {
-	hash_search_with_hash_value(htab, ck, hashcode, HASH_REMOVE, NULL);
-	payload_remove(ck, hashcode);
+	CacheEntry *e = entry_find(ck, hashcode);
+
+	if (e != NULL)
+		entry_drop(e, hashcode);
 }
 
 /* ---- the hot path ---- */
@@ -561,7 +799,7 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
 	CacheResult result;
 
 	LWLockAcquire(lock, LW_SHARED);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(&ck, hashcode);
 	if (e == NULL)
 		result = CACHE_MISS;
 	else
@@ -569,16 +807,13 @@ cache_check(const TokenKey *key, TimestampTz now, CacheValues *values,
 		used = pg_atomic_read_u64(&e->used);
 		if (!entry_live(e, used_time(used), now))
 			result = CACHE_DEAD;
-		else if (payload != NULL && !payload_read(&ck, hashcode))
+		else if (!entry_get(e, hashcode, values) ||
+				 (payload != NULL && !payload_read(&ck, hashcode)))
 			result = CACHE_MISS;
 		else
 		{
 			if (now > used_time(used))
 				pg_atomic_write_u64(&e->used, used_pack(now, true));
-			values->user_len = e->user_len;
-			memcpy(values->user_id, e->user_id, e->user_len);
-			values->expires_at = e->expires_at;
-			values->idle_us = e->idle_us;
 			result = CACHE_LIVE;
 		}
 	}
@@ -601,9 +836,9 @@ cache_drop_dead(const TokenKey *key, TimestampTz now)
 	CacheEntry *e;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(&ck, hashcode);
 	if (e != NULL && !entry_live(e, used_time(pg_atomic_read_u64(&e->used)), now))
-		entry_remove(&ck, hashcode);
+		entry_drop(e, hashcode);
 	LWLockRelease(lock);
 }
 
@@ -649,15 +884,17 @@ cache_fill(const TokenKey *key, const CacheValues *values,
 	raced = pg_atomic_read_u64(&shared->generation[hashcode % CACHE_PARTITIONS]) != generation;
 	if (!raced)
 	{
-		e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_ENTER_NULL,
-										&found);
-		if (e != NULL && !found)
+		e = entry_find(&ck, hashcode);
+		found = e != NULL;
+		if (!found && (e = entry_insert(&ck, hashcode)) != NULL)
 		{
-			e->user_len = values->user_len;
-			memcpy(e->user_id, values->user_id, values->user_len);
-			e->expires_at = values->expires_at;
-			e->idle_us = values->idle_us;
+			e->user_len = 0;
 			pg_atomic_init_u64(&e->used, used_pack(last_used, dirty));
+			if (!entry_set(e, hashcode, values))
+			{
+				slot_free(e, hashcode);
+				e = NULL;
+			}
 		}
 		if (e != NULL && payload != NULL &&
 			(!found || !has_payload(&ck, hashcode)))
@@ -682,7 +919,7 @@ cache_record_use(const TokenKey *key, TimestampTz now)
 	CacheEntry *e;
 
 	LWLockAcquire(lock, LW_SHARED);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(&ck, hashcode);
 	if (e != NULL && now > used_time(pg_atomic_read_u64(&e->used)))
 		pg_atomic_write_u64(&e->used, used_pack(now, true));
 	LWLockRelease(lock);
@@ -700,7 +937,7 @@ cache_last_used(const TokenKey *key)
 	TimestampTz last_used = DT_NOBEGIN;
 
 	LWLockAcquire(lock, LW_SHARED);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(&ck, hashcode);
 	if (e != NULL)
 		last_used = used_time(pg_atomic_read_u64(&e->used));
 	LWLockRelease(lock);
@@ -726,16 +963,13 @@ cache_update(const TokenKey *key, const CacheValues *values,
 	CacheEntry *e;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
-	if (e != NULL && set_used && !used_fits(last_used))
-		entry_remove(&ck, hashcode);
+	e = entry_find(&ck, hashcode);
+	if (e != NULL && ((set_used && !used_fits(last_used)) ||
+					  !entry_set(e, hashcode, values)))
+		entry_drop(e, hashcode);
 	else if (e != NULL)
 	{
 		payload_update(&ck, hashcode, payload);
-		e->user_len = values->user_len;
-		memcpy(e->user_id, values->user_id, values->user_len);
-		e->expires_at = values->expires_at;
-		e->idle_us = values->idle_us;
 		if (set_used)
 			pg_atomic_write_u64(&e->used, used_pack(last_used, false));
 	}
@@ -764,13 +998,17 @@ cache_purge_db(Oid dbid)
 	HASH_SEQ_STATUS status;
 	CacheEntry *e;
 	int			i;
+	uint32		slot;
 
 	lock_all(LW_EXCLUSIVE);
-	hash_seq_init(&status, htab);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (i = 0; i < CACHE_PARTITIONS; i++)
 	{
-		if (e->key.dbid == dbid)
-			hash_search(htab, &e->key, HASH_REMOVE, NULL);
+		/* a removal may move a later entry into this slot: look again */
+		for (slot = 0; slot < region_slots; slot++)
+		{
+			while ((e = slot_entry(i, slot)) != NULL && e->key.dbid == dbid)
+				slot_free(e, i);
+		}
 	}
 	if (payload_htab != NULL)
 	{
@@ -798,7 +1036,7 @@ cache_mark_clean(const TokenKey *key, uint64 observed)
 	CacheEntry *e;
 
 	LWLockAcquire(lock, LW_SHARED);
-	e = hash_search_with_hash_value(htab, &ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(&ck, hashcode);
 	if (e != NULL)
 	{
 		uint64		expected = observed;
@@ -815,26 +1053,28 @@ cache_mark_clean(const TokenKey *key, uint64 observed)
 int
 cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 {
-	HASH_SEQ_STATUS status;
 	CacheEntry *e;
 	int			n = 0;
+	int			i;
+	uint32		slot;
 
 	lock_all(LW_SHARED);
-	hash_seq_init(&status, htab);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (i = 0; i < CACHE_PARTITIONS && n < max; i++)
 	{
-		uint64		used = pg_atomic_read_u64(&e->used);
-
-		if ((OidIsValid(dbid) && e->key.dbid != dbid) || (used & 1) == 0)
-			continue;
-		out[n].dbid = e->key.dbid;
-		memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
-		out[n].observed = used;
-		out[n].last_used = used_time(used);
-		if (++n == max)
+		for (slot = 0; slot < region_slots && n < max; slot++)
 		{
-			hash_seq_term(&status);
-			break;
+			uint64		used;
+
+			if ((e = slot_entry(i, slot)) == NULL)
+				continue;
+			used = pg_atomic_read_u64(&e->used);
+			if ((OidIsValid(dbid) && e->key.dbid != dbid) || (used & 1) == 0)
+				continue;
+			out[n].dbid = e->key.dbid;
+			memcpy(out[n].key.bytes, e->key.hash, sizeof(out[n].key.bytes));
+			out[n].observed = used;
+			out[n].last_used = used_time(used);
+			n++;
 		}
 	}
 	unlock_all();
@@ -845,20 +1085,23 @@ cache_collect_dirty(Oid dbid, CacheDirty *out, int max)
 int64
 cache_count_dirty(Oid dbid, int64 *entries)
 {
-	HASH_SEQ_STATUS status;
 	CacheEntry *e;
 	int64		dirty = 0;
+	int			i;
+	uint32		slot;
 
 	*entries = 0;
 	lock_all(LW_SHARED);
-	hash_seq_init(&status, htab);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (i = 0; i < CACHE_PARTITIONS; i++)
 	{
-		if (e->key.dbid != dbid)
-			continue;
-		(*entries)++;
-		if (pg_atomic_read_u64(&e->used) & 1)
-			dirty++;
+		for (slot = 0; slot < region_slots; slot++)
+		{
+			if ((e = slot_entry(i, slot)) == NULL || e->key.dbid != dbid)
+				continue;
+			(*entries)++;
+			if (pg_atomic_read_u64(&e->used) & 1)
+				dirty++;
+		}
 	}
 	unlock_all();
 	return dirty;
@@ -888,31 +1131,33 @@ static int
 collect_victims(TimestampTz now, int cutoff, int64 quota, CacheKey *victims,
 				int max, int64 *age_counts)
 {
-	HASH_SEQ_STATUS status;
-	CacheEntry *e;
 	int			n = 0;
+	int			i;
+	uint32		slot;
 
 	lock_all(LW_SHARED);
-	hash_seq_init(&status, htab);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (i = 0; i < CACHE_PARTITIONS && n < max; i++)
 	{
-		uint64		used = pg_atomic_read_u64(&e->used);
-		int			bucket = age_bucket(now, used_time(used));
-		bool		dead = !entry_live(e, used_time(used), now);
-		bool		old_enough = (used & 1) == 0 &&
-			(bucket > cutoff || (bucket == cutoff && quota > 0));
-
-		if (age_counts != NULL && !dead && (used & 1) == 0)
-			age_counts[bucket]++;
-		if (dead || old_enough)
+		for (slot = 0; slot < region_slots && n < max; slot++)
 		{
-			if (!dead && bucket == cutoff)
-				quota--;
-			victims[n++] = e->key;
-			if (n == max)
+			CacheEntry *e = slot_entry(i, slot);
+			uint64		used;
+			int			bucket;
+			bool		dead;
+
+			if (e == NULL)
+				continue;
+			used = pg_atomic_read_u64(&e->used);
+			bucket = age_bucket(now, used_time(used));
+			dead = !entry_live(e, used_time(used), now);
+			if (age_counts != NULL && !dead && (used & 1) == 0)
+				age_counts[bucket]++;
+			if (dead || ((used & 1) == 0 &&
+						 (bucket > cutoff || (bucket == cutoff && quota > 0))))
 			{
-				hash_seq_term(&status);
-				break;
+				if (!dead && bucket == cutoff)
+					quota--;
+				victims[n++] = e->key;
 			}
 		}
 	}
@@ -930,7 +1175,7 @@ drop_victim(const CacheKey *ck, TimestampTz now, int cutoff)
 	bool		dropped = false;
 
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = hash_search_with_hash_value(htab, ck, hashcode, HASH_FIND, NULL);
+	e = entry_find(ck, hashcode);
 	if (e != NULL)
 	{
 		uint64		used = pg_atomic_read_u64(&e->used);
@@ -938,7 +1183,7 @@ drop_victim(const CacheKey *ck, TimestampTz now, int cutoff)
 		if (!entry_live(e, used_time(used), now) ||
 			((used & 1) == 0 && age_bucket(now, used_time(used)) >= cutoff))
 		{
-			entry_remove(ck, hashcode);
+			entry_drop(e, hashcode);
 			dropped = true;
 		}
 	}
@@ -994,7 +1239,7 @@ cache_maintain(TimestampTz now)
 	n = collect_victims(now, AGE_BUCKETS, 0, victims, max, age_counts);
 	for (i = 0; i < n; i++)
 		dropped += drop_victim(&victims[i], now, AGE_BUCKETS) ? 1 : 0;
-	excess = cache_excess(hash_get_num_entries(htab));
+	excess = cache_excess(entry_count());
 	n = 0;
 	if (excess > 0)
 	{
@@ -1023,7 +1268,7 @@ cache_stats(CacheStats *stats)
 	if (!cache_enabled())
 		return;
 	stats->capacity = tokenstore_max_cached_tokens;
-	stats->entries = hash_get_num_entries(htab);
+	stats->entries = entry_count();
 	for (i = 0; i < shared->nbackends; i++)
 	{
 		stats->hits += pg_atomic_read_u64(&shared->counters[i].hits);

@@ -89,6 +89,14 @@
 	"(t.idle_timeout IS NULL OR" \
 	" tokenstore_internal.last_used(t.token_hash, t.last_used_at) + t.idle_timeout > " p "))"
 
+/* A new row, and its parameters' types. */
+#define INSERT_ROW \
+	"INSERT INTO tokenstore.token (" ROW_COLUMNS ", data)" \
+	" VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)"
+#define INSERT_TYPES \
+	{BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID, \
+	INTERVALOID, BYTEAOID, BYTEAOID}
+
 typedef enum StoreStmt
 {
 	STMT_FIND,
@@ -96,6 +104,7 @@ typedef enum StoreStmt
 	STMT_TOUCH,
 	STMT_LIST,
 	STMT_INSERT,
+	STMT_INSERT_NEW,
 	STMT_REVOKE_LRU,
 	STMT_FIND_SHARE,
 	STMT_SECRET_1_0,
@@ -155,10 +164,11 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		2, {TEXTOID, TIMESTAMPTZOID}
 	},
 	[STMT_INSERT] = {
-		"INSERT INTO tokenstore.token (" ROW_COLUMNS ", data)"
-		" VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-		8, {BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-		INTERVALOID, BYTEAOID, BYTEAOID}
+		INSERT_ROW " ON CONFLICT DO NOTHING", 8, INSERT_TYPES
+	},
+	/* a generated token: 256 random bits cannot be in the table already */
+	[STMT_INSERT_NEW] = {
+		INSERT_ROW, 8, INSERT_TYPES
 	},
 	[STMT_REVOKE_LRU] = {
 		"DELETE FROM tokenstore.token WHERE token_hash IN"
@@ -369,7 +379,7 @@ typedef struct Rewrite
 static const Rewrite rewrites_1_1[] = {
 	{", data FROM", ", NULL::pg_catalog.bytea FROM"},
 	{", data) VALUES", ") VALUES"},
-	{", $8) ON CONFLICT", ") ON CONFLICT"},
+	{", $7, $8)", ", $7)"},
 };
 
 static const Rewrite rewrites_1_0[] = {
@@ -896,9 +906,13 @@ row_values(const TokenRow *row, Interval *idle, Datum *values, char *nulls)
 	nulls[5] = row->idle_us == 0 ? 'n' : ' ';
 }
 
-/* Insert a new token, last used at its creation; false if it exists. */
+/*
+ * Insert a new token, last used at its creation; false if it exists.  A
+ * generated token (!given) cannot, and is inserted without the cost of
+ * looking for a conflict.
+ */
 bool
-store_insert(const TokenRow *row)
+store_insert(const TokenRow *row, bool given)
 {
 	Interval	idle = {0};
 	Datum		values[8];
@@ -909,7 +923,7 @@ store_insert(const TokenRow *row)
 	nulls[6] = row->share_secret ? ' ' : 'n';
 	values[7] = PointerGetDatum(row->data);
 	nulls[7] = row->data ? ' ' : 'n';
-	return store_exec(STMT_INSERT, values, nulls, 0) == 1;
+	return store_exec(given ? STMT_INSERT : STMT_INSERT_NEW, values, nulls, 0) == 1;
 }
 
 /*

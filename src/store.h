@@ -73,7 +73,7 @@ extern bool store_lock_live(const TokenKey *key, TimestampTz now, TokenRow *row)
 extern bool store_touch(const TokenKey *key, TimestampTz now, RowDeadline *out);
 extern List *store_list(const char *user_id, TimestampTz now);
 
-extern bool store_insert(const TokenRow *row);
+extern bool store_insert(const TokenRow *row, bool given);
 extern void store_lock_user(const char *user_id);
 extern List *store_revoke_lru(const char *user_id, TimestampTz now, int64 keep);
 extern bool store_find_share(const char *user_id, TimestampTz now,

@@ -6,7 +6,8 @@
 # evicts the least recently used clean entries (judged by the age of their
 # last use, in log2 buckets) down to 80 % or less, and a recently used entry
 # stays; expired entries go without anyone checking them.  The same for the
-# payload area (a session's info and data).  Without a cache
+# payload area (a session's info and data), which also holds the end of a
+# user id longer than an entry does.  Without a cache
 # (max_cached_tokens = 0) every function, and the DDL that drops the table or
 # a database, works on the table alone.
 use strict;
@@ -152,6 +153,18 @@ for my $area ('64kB', '0')
 		  FROM generate_series(1, 100) i};
 	my $first;
 
+	# A user id longer than an entry holds keeps its end in a chunk of the
+	# area: without an area, its token is not cached, and still checked.
+	my $long_user = 'u' x 64;
+	my $long = $small->safe_psql($db, "SELECT tokenstore.token_make('$long_user')");
+	my $before_long = TokenstoreTest::stats($small, $db);
+	is($small->safe_psql($db,
+			"SELECT tokenstore.token_user('$long') FROM generate_series(1, 3)"),
+		join("\n", ($long_user) x 3), "area $area: a 64-byte user id is checked right");
+	my $after_long = TokenstoreTest::stats($small, $db);
+	is(($after_long->{hits} - $before_long->{hits}) . '/' . ($after_long->{misses} - $before_long->{misses}),
+		$area eq '0' ? '0/3' : '3/0',
+		"area $area: " . ($area eq '0' ? 'from the table' : 'from the cache'));
 	$small->safe_psql($db, q{
 		SELECT tokenstore.token_save('payload-session-' || lpad(i::text, 8, '0'), NULL,
 									 convert_to(repeat(i::text, 1000 / length(i::text)), 'UTF8'),
