@@ -16,17 +16,20 @@ EXTENSION = tokenstore
 # The version, in this one place: the install script, the control file and
 # the library are built with it.  A schema change goes into a new version,
 # with extension/tokenstore--OLD--NEW.sql and a test that updates to it.
-EXTVERSION = 1.2
+EXTVERSION = 1.3
 MODULE_big = tokenstore
 OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
 	src/cache.o src/xact.o src/registry.o src/worker.o src/fanout.o \
-	src/redis_client.o src/redis_publisher.o src/redis_resync.o
+	src/redis_client.o src/redis_publisher.o src/redis_resync.o \
+	src/standby.o src/sender.o
 DATA_built = tokenstore--$(EXTVERSION).sql tokenstore.control
 DATA = $(wildcard extension/tokenstore--*.sql)
 PGFILEDESC = "tokenstore - session and API-token store"
 
-PG_CPPFLAGS = -I$(srcdir)/src -DTOKENSTORE_VERSION='"$(EXTVERSION)"'
+PG_CPPFLAGS = -I$(srcdir)/src -I$(libpq_srcdir) -DTOKENSTORE_VERSION='"$(EXTVERSION)"'
 SHLIB_LINK = -lcrypto -lhiredis
+# the standby's sender talks to the primary
+SHLIB_LINK_INTERNAL = $(libpq)
 # rediss:// where hiredis has TLS (1.0 and later, as hiredis_ssl)
 ifeq ($(shell pkg-config --exists hiredis_ssl 2>/dev/null && echo yes),yes)
 PG_CPPFLAGS += -DTOKENSTORE_TLS

@@ -372,9 +372,19 @@ CREATE FUNCTION tokenstore_internal.token_stats(OUT datname text,
 	AS 'MODULE_PATHNAME', 'token_stats'
 	LANGUAGE C VOLATILE;
 
-CREATE VIEW tokenstore.stats AS SELECT * FROM tokenstore_internal.token_stats();
+/* on a hot standby: the state of its cache, and how far its view lags */
+CREATE FUNCTION tokenstore_internal.token_standby_state(OUT standby_cache text,
+														OUT cache_lag interval)
+	RETURNS record
+	AS 'MODULE_PATHNAME', 'token_standby_state'
+	LANGUAGE C VOLATILE;
+
+CREATE VIEW tokenstore.stats AS
+	SELECT s.*, st.standby_cache, st.cache_lag
+	  FROM tokenstore_internal.token_stats() s
+	 CROSS JOIN tokenstore_internal.token_standby_state() st;
 COMMENT ON VIEW tokenstore.stats IS
-	'one row per database with tokenstore: its cache entries, its worker''s flushes and sweeps, and the cache''s counters';
+	'one row per database with tokenstore: its cache entries, its worker''s flushes and sweeps (on a standby: uses sent to the primary), the cache''s counters, and on a standby the state of its cache and its lag';
 
 CREATE FUNCTION tokenstore_internal.token_redis_stats(OUT state text,
 													  OUT server text,
@@ -395,6 +405,17 @@ CREATE VIEW tokenstore.redis_stats AS SELECT * FROM tokenstore_internal.token_re
 COMMENT ON VIEW tokenstore.redis_stats IS
 	'the Redis mirror: off, down, resync or up, and the publisher''s counters';
 
+/*
+ * A hot standby's sender calls this on the primary with the uses its checks
+ * recorded (see src/sender.c); grant it to the role of the standby's
+ * tokenstore.primary_conninfo.
+ */
+CREATE FUNCTION tokenstore_internal.token_record_uses(token_hashes bytea[],
+													  used_at timestamptz[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'token_record_uses'
+	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+
 /* ---- privileges: nothing for PUBLIC ---- */
 
 REVOKE ALL ON SCHEMA tokenstore FROM PUBLIC;
@@ -405,4 +426,5 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tokenstore_internal FROM PUBLIC;
 GRANT USAGE ON SCHEMA tokenstore TO pg_monitor;
 GRANT SELECT ON tokenstore.stats, tokenstore.redis_stats TO pg_monitor;
 GRANT EXECUTE ON FUNCTION tokenstore_internal.token_stats(),
-	tokenstore_internal.token_redis_stats() TO pg_monitor;
+	tokenstore_internal.token_redis_stats(),
+	tokenstore_internal.token_standby_state() TO pg_monitor;

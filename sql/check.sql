@@ -61,3 +61,19 @@ DROP TABLE notes, users;
 DROP OWNED BY tokenstore_rls_app;
 DROP ROLE tokenstore_rls_app;
 SELECT tokenstore.token_delete_user(u) FROM unnest(ARRAY['alice', '42']) u;
+
+-- the uses a hot standby's sender records here: a use moves last_used_at,
+-- never past now, never for a token that is gone; bad input is an error
+SELECT tokenstore.token_make('standby-user') AS su \gset
+SELECT tokenstore_internal.token_record_uses(
+	ARRAY[sha256(convert_to(:'su', 'UTF8')), sha256('gone'::bytea)],
+	ARRAY[now() + interval '1 hour', now()]) AS recorded;
+SELECT u > created_at AND u <= clock_timestamp() AS used_not_future
+  FROM (SELECT tokenstore_internal.last_used(token_hash, last_used_at) AS u, created_at
+		  FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'su', 'UTF8'))) t;
+SELECT sqlstate_of(stmt) AS code, stmt FROM (VALUES
+	('SELECT tokenstore_internal.token_record_uses(''{"\\x00"}'', ARRAY[now()])'),
+	('SELECT tokenstore_internal.token_record_uses(''{}'', ARRAY[now()])'),
+	('SELECT tokenstore_internal.token_record_uses(ARRAY[NULL::bytea], ARRAY[now()])')
+) AS s(stmt);
+SELECT tokenstore.token_delete(:'su');

@@ -36,6 +36,7 @@ SELECT what, sqlstate_of(stmt) FROM (VALUES
 	('table token', 'SELECT * FROM tokenstore.token'),
 	('helper last_used', 'SELECT tokenstore_internal.last_used(''\x00'', now())'),
 	('helper token_stats', 'SELECT * FROM tokenstore_internal.token_stats()'),
+	('helper token_record_uses', 'SELECT tokenstore_internal.token_record_uses(''{}'', ''{}'')'),
 	('a look-alike in the schema', 'CREATE FUNCTION tokenstore.token_user(int) RETURNS text LANGUAGE sql AS ''SELECT 1::text''')
 ) AS s(what, stmt);
 RESET ROLE;
@@ -65,6 +66,7 @@ SELECT stmt, sqlstate_of(stmt) FROM (VALUES
 	('INSERT INTO tokenstore.token (token_hash, user_id, created_at, last_used_at) VALUES (sha256(''x''), ''mallory'', now(), now())'),
 	('SELECT tokenstore_internal.last_used(''\x00'', now())'),
 	('SELECT * FROM tokenstore_internal.token_stats()'),
+	('SELECT tokenstore_internal.token_record_uses(''{}'', ''{}'')'),
 	('SELECT * FROM tokenstore.stats'),
 	('CREATE TABLE tokenstore.mine (i int)')
 ) AS s(stmt);

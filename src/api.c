@@ -13,6 +13,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "cache.h"
 #include "commands/dbcommands.h"
 #include "common/int.h"
@@ -28,9 +30,12 @@
 #include "store.h"
 #include "token.h"
 #include "tokenstore.h"
+#include "replication/walreceiver.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "registry.h"
@@ -40,6 +45,8 @@
 #define USER_ID_MAX_BYTES	CACHE_USER_ID_MAX
 /* the most of an argument an error message repeats */
 #define QUOTE_MAX			32
+/* the advisory lock tokenstore.debug_hold_fill takes (tests only) */
+#define HOLD_FILL_LOCK		7370
 /* 365.25 / 12 days: a month, when only the order of magnitude matters */
 #define USECS_PER_AVG_MONTH	(INT64CONST(2629800) * USECS_PER_SEC)
 
@@ -64,6 +71,8 @@ PG_FUNCTION_INFO_V1(token_last_used);
 PG_FUNCTION_INFO_V1(token_stats);
 PG_FUNCTION_INFO_V1(token_redis_stats);
 PG_FUNCTION_INFO_V1(token_reseal);
+PG_FUNCTION_INFO_V1(token_record_uses);
+PG_FUNCTION_INFO_V1(token_standby_state);
 
 /* ---- arguments ---- */
 
@@ -541,6 +550,21 @@ fill_from_row(const TokenRow *row, TimestampTz now, bool with_data,
 }
 
 /*
+ * Tests only: hold a fill that read the table until a test session lets
+ * it go, so that a revocation can commit (or replay) in between.
+ */
+static void
+hold_fill(void)
+{
+	if (!tokenstore_debug_hold_fill)
+		return;
+	DirectFunctionCall1(pg_advisory_lock_shared_int8,
+						Int64GetDatum(HOLD_FILL_LOCK));
+	DirectFunctionCall1(pg_advisory_unlock_shared_int8,
+						Int64GetDatum(HOLD_FILL_LOCK));
+}
+
+/*
  * Record a use of a live token found in the table: in its cache entry, or in
  * a new one if this transaction may fill the cache (then with the payload,
  * if read with its data), or else in the table once touch_interval has
@@ -557,7 +581,10 @@ record_use(const TokenRow *row, TimestampTz now, bool with_data,
 		bool		recorded = cache_record_use(&row->key, now);
 
 		if (may_fill && (!recorded || with_data))
+		{
+			hold_fill();
 			recorded = fill_from_row(row, now, with_data, generation) || recorded;
+		}
 		if (recorded)
 			return;
 	}
@@ -1208,6 +1235,115 @@ token_redis_stats(PG_FUNCTION_ARGS)
 	/* 1.0's view has no column held: a prefix of these */
 	values[10] = Int64GetDatum(stats.held);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * The row of tokenstore_internal.token_standby_state, the last columns of
+ * the stats view: on a primary the setting; on a standby the state of its
+ * cache and how far the view of it lags (0 when replay has caught up with
+ * what was received, else since the last replayed commit).
+ */
+Datum
+token_standby_state(PG_FUNCTION_ARGS)
+{
+	static const char *const states[] = {"off", "settling", "on"};
+	TupleDesc	desc;
+	Datum		values[2];
+	bool		nulls[2] = {false, true};
+	TimestampTz replayed;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (!RecoveryInProgress())
+	{
+		values[0] = CStringGetTextDatum(tokenstore_standby_cache ? "on" : "off");
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	}
+	values[0] = CStringGetTextDatum(states[cache_standby_state()]);
+	replayed = GetLatestXTime();
+	nulls[1] = false;
+	if (GetXLogReplayRecPtr(NULL) >= GetWalRcvFlushRecPtr(NULL, NULL))
+		values[1] = IntervalPGetDatum(palloc0(sizeof(Interval)));
+	else if (replayed != 0)
+		values[1] = DirectFunctionCall2(timestamp_mi,
+										TimestampTzGetDatum(GetCurrentTimestamp()),
+										TimestampTzGetDatum(replayed));
+	else
+		nulls[1] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * A use a standby recorded: in this server's cache entry, or else in the
+ * table (with Redis told of the moved idle deadline).
+ */
+static bool
+record_remote_use(const TokenKey *key, TimestampTz used)
+{
+	RowDeadline written;
+
+	if (cache_enabled() && !xact_has_token_changes() &&
+		cache_record_use(key, used))
+		return true;
+	if (!store_touch(key, used, &written))
+		return false;
+	expire_in_redis(key, &written);
+	return true;
+}
+
+/*
+ * tokenstore_internal.token_record_uses(token_hashes, used_at): the uses a
+ * standby's checks recorded, sent by its sender.  A use is never later
+ * than now.  How many were recorded (a token gone or used later since is
+ * not).
+ */
+Datum
+token_record_uses(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Datum	   *hashes;
+	Datum	   *times;
+	bool	   *hash_nulls;
+	bool	   *time_nulls;
+	int			nhashes;
+	int			ntimes;
+	TokenKey   *keys;
+	int64		recorded = 0;
+	int			i;
+
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), BYTEAOID, -1, false,
+					  TYPALIGN_INT, &hashes, &hash_nulls, &nhashes);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TIMESTAMPTZOID,
+					  sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &times, &time_nulls, &ntimes);
+	if (nhashes != ntimes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("token_hashes and used_at must have as many elements, not %d and %d",
+						nhashes, ntimes)));
+	keys = palloc(sizeof(TokenKey) * Max(nhashes, 1));
+	for (i = 0; i < nhashes; i++)
+	{
+		bytea	   *hash;
+
+		if (hash_nulls[i] || time_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("token_hashes and used_at must not contain nulls")));
+		hash = DatumGetByteaPP(hashes[i]);
+		if (VARSIZE_ANY_EXHDR(hash) != sizeof(keys[i].bytes))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a token hash is %d bytes, not %d",
+							(int) sizeof(keys[i].bytes), (int) VARSIZE_ANY_EXHDR(hash))));
+		memcpy(keys[i].bytes, VARDATA_ANY(hash), sizeof(keys[i].bytes));
+	}
+	store_begin();
+	for (i = 0; i < nhashes; i++)
+		if (record_remote_use(&keys[i], Min(DatumGetTimestampTz(times[i]), now)))
+			recorded++;
+	store_end();
+	PG_RETURN_INT64(recorded);
 }
 
 /*

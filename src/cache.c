@@ -64,14 +64,32 @@
  *   time.  Only a purge (TRUNCATE, DROP EXTENSION, DROP DATABASE) takes all
  *   of them exclusively.
  *
+ * On a hot standby
+ * ----------------
+ * Replay fires no triggers, so a standby's cache learns of changes from the
+ * primary's WAL (see standby.c): the startup process removes the entries a
+ * transaction changed and bumps their partitions' generations when it
+ * replays the record the transaction logged just before its commit record.
+ * Between the two records the old row is still what a standby's snapshot
+ * shows, so the transaction's xid is noted first, and no fill on the
+ * standby is allowed while a noted xid is still in progress.  The cache is
+ * used on a standby only between the primary's "on" record and an "off"
+ * one; after "on" it settles first: no fill until every transaction that
+ * was running then (whose records may precede what this standby replayed)
+ * has ended.  A standby's entry judges the idle deadline on the standby's
+ * own uses, which may be older than the primary's, so an entry past its
+ * deadline is read again from the table instead of being taken as dead.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <math.h>
 
+#include "access/transam.h"
 #include "access/twophase.h"
 #include "access/xlog.h"
+#include "access/xlogutils.h"
 #include "cache.h"
 #include "compat.h"
 #include "miscadmin.h"
@@ -79,9 +97,12 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
+#include "storage/spin.h"
 #include "tokenstore.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 
 #define CACHE_PARTITIONS	128
 #define CACHE_TRANCHE		"tokenstore cache"
@@ -170,7 +191,26 @@ typedef struct CacheShared
 	BackendCounters counters[FLEXIBLE_ARRAY_MEMBER];
 } CacheShared;
 
+/*
+ * What a hot standby knows of the primary's WAL: whether the cache may be
+ * used, and the transactions whose changes it replayed before their commit.
+ * The array has room for every transaction the primary can run at once (a
+ * standby's max_connections and friends are at least the primary's).
+ */
+typedef struct StandbyShared
+{
+	pg_atomic_uint32 state;		/* a CacheStandbyState */
+	slock_t		mutex;			/* guards what follows */
+	TransactionId horizon;		/* SETTLING: until all before it ended */
+	int			nxids;
+	TransactionId xids[FLEXIBLE_ARRAY_MEMBER];	/* noted, maybe running */
+} StandbyShared;
+
+/* The generation a fill may not match: the standby has not settled. */
+#define GENERATION_UNSETTLED	PG_UINT64_MAX
+
 static CacheShared *shared = NULL;
+static StandbyShared *standby = NULL;
 static uint32 *tags = NULL;
 static CacheEntry *entries = NULL;
 static uint32 region_slots = 0;
@@ -211,6 +251,13 @@ slots_per_region(void)
 }
 
 static Size
+standby_size(void)
+{
+	return add_size(offsetof(StandbyShared, xids),
+					mul_size(backend_slots(), sizeof(TransactionId)));
+}
+
+static Size
 slots_size(void)
 {
 	Size		slots = mul_size(slots_per_region(), CACHE_PARTITIONS);
@@ -233,7 +280,8 @@ payload_capacity(void)
 Size
 cache_shmem_size(void)
 {
-	Size		size = add_size(shared_size(), slots_size());
+	Size		size = add_size(add_size(shared_size(), standby_size()),
+									slots_size());
 
 	if (payload_capacity() > 0)
 		size = add_size(size, hash_estimate_size(payload_capacity(),
@@ -284,6 +332,7 @@ cache_shmem_startup(void)
 	int			i;
 
 	shared = NULL;
+	standby = NULL;
 	tags = NULL;
 	entries = NULL;
 	payload_htab = NULL;
@@ -308,6 +357,14 @@ cache_shmem_startup(void)
 			pg_atomic_init_u64(&shared->counters[i].misses, 0);
 		}
 	}
+	standby = ShmemInitStruct("tokenstore cache standby", standby_size(), &found);
+	if (!found)
+	{
+		pg_atomic_init_u32(&standby->state, CACHE_STANDBY_OFF);
+		SpinLockInit(&standby->mutex);
+		standby->horizon = InvalidTransactionId;
+		standby->nxids = 0;
+	}
 	locks = GetNamedLWLockTranche(CACHE_TRANCHE);
 
 	region_slots = slots_per_region();
@@ -329,15 +386,15 @@ cache_shmem_startup(void)
 }
 
 /*
- * Whether this process may use the cache.  Not during recovery: a hot
- * standby replays revocations as WAL, which fires none of the callbacks that
- * keep the cache in step with the table, so there every check reads the
- * table (and the cache is still empty when a promotion ends recovery).
+ * Whether this process may use the cache.  During recovery only while the
+ * primary's WAL says it logs what the cache must forget (standby.c).
  */
 bool
 cache_enabled(void)
 {
-	return tags != NULL && !RecoveryInProgress();
+	return tags != NULL &&
+		(!RecoveryInProgress() ||
+		 pg_atomic_read_u32(&standby->state) != CACHE_STANDBY_OFF);
 }
 
 /* ---- keys, locks and packed uses ---- */
@@ -848,6 +905,217 @@ cache_count_miss(void)
 	count(&my_counters()->misses);
 }
 
+/* Remove a database's entry, and move its partition's generation on. */
+static void
+remove_key(Oid dbid, const TokenKey *key)
+{
+	CacheKey	ck;
+	uint32		hashcode = make_key(&ck, dbid, key);
+	LWLock	   *lock = partition_lock(hashcode);
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry_remove(&ck, hashcode);
+	pg_atomic_fetch_add_u64(&shared->generation[hashcode % CACHE_PARTITIONS], 1);
+	LWLockRelease(lock);
+}
+
+/* ---- a hot standby ---- */
+
+/*
+ * Whether every noted transaction has ended; those that have are
+ * forgotten.  (In progress means running on the primary as far as replay
+ * has got: a commit or abort record not replayed yet.)
+ */
+static bool
+standby_xids_done(void)
+{
+	TransactionId *xids;
+	bool	   *running;
+	int			n;
+	int			i;
+	bool		done = true;
+
+	SpinLockAcquire(&standby->mutex);
+	n = standby->nxids;
+	SpinLockRelease(&standby->mutex);
+	if (n == 0)
+		return true;
+	xids = palloc(sizeof(TransactionId) * backend_slots());
+	SpinLockAcquire(&standby->mutex);
+	n = standby->nxids;
+	memcpy(xids, standby->xids, sizeof(TransactionId) * n);
+	SpinLockRelease(&standby->mutex);
+
+	running = palloc(sizeof(bool) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		running[i] = TransactionIdIsInProgress(xids[i]);
+		done = done && !running[i];
+	}
+	/* forget the ended ones (others may have forgotten some, or noted more) */
+	SpinLockAcquire(&standby->mutex);
+	for (i = 0; i < standby->nxids;)
+	{
+		int			j;
+
+		for (j = 0; j < n && (xids[j] != standby->xids[i] || running[j]); j++)
+			;
+		if (j < n)
+			standby->xids[i] = standby->xids[--standby->nxids];
+		else
+			i++;
+	}
+	SpinLockRelease(&standby->mutex);
+	pfree(running);
+	pfree(xids);
+	return done;
+}
+
+/*
+ * SETTLING: whether every transaction that ran when the "on" record was
+ * replayed has ended (the oldest one a new snapshot sees running comes
+ * after them); then the standby is on.
+ */
+static bool
+standby_settle(void)
+{
+	TransactionId horizon;
+
+	SpinLockAcquire(&standby->mutex);
+	horizon = standby->horizon;
+	SpinLockRelease(&standby->mutex);
+	if (TransactionIdPrecedes(GetLatestSnapshot()->xmin, horizon))
+		return false;
+	SpinLockAcquire(&standby->mutex);
+	if (standby->horizon == horizon &&
+		pg_atomic_read_u32(&standby->state) == CACHE_STANDBY_SETTLING)
+		pg_atomic_write_u32(&standby->state, CACHE_STANDBY_ON);
+	SpinLockRelease(&standby->mutex);
+	return true;
+}
+
+/* Whether a backend of a standby may fill the cache now. */
+static bool
+standby_settled(void)
+{
+	switch ((CacheStandbyState) pg_atomic_read_u32(&standby->state))
+	{
+		case CACHE_STANDBY_OFF:
+			return false;
+		case CACHE_STANDBY_SETTLING:
+			if (!standby_settle())
+				return false;
+			break;
+		case CACHE_STANDBY_ON:
+			break;
+	}
+	return standby_xids_done();
+}
+
+/* The standby's state, for the stats view (settling ends here too). */
+CacheStandbyState
+cache_standby_state(void)
+{
+	if (standby == NULL || !RecoveryInProgress())
+		return CACHE_STANDBY_OFF;
+	if (pg_atomic_read_u32(&standby->state) == CACHE_STANDBY_SETTLING)
+		(void) standby_settle();
+	return (CacheStandbyState) pg_atomic_read_u32(&standby->state);
+}
+
+/*
+ * Replay of the start of the settling: every transaction before the next
+ * xid may have logged changes this standby did not replay.
+ */
+static void
+standby_start_settling(void)
+{
+	TransactionId next = XidFromFullTransactionId(ReadNextFullTransactionId());
+
+	SpinLockAcquire(&standby->mutex);
+	standby->horizon = next;
+	standby->nxids = 0;
+	pg_atomic_write_u32(&standby->state, CACHE_STANDBY_SETTLING);
+	SpinLockRelease(&standby->mutex);
+}
+
+/*
+ * Note a transaction whose changes are replayed before its commit.  With
+ * no room left once the ended ones are forgotten (a standby that runs fewer
+ * connections than the primary, or transactions a crash of the primary cut
+ * short, forgotten only at its next running-transactions record), settle
+ * again instead: that waits for every transaction so far.  Never waits.
+ */
+static void
+standby_note_xid(TransactionId xid)
+{
+	int			attempt;
+
+	if (!TransactionIdIsValid(xid))
+		return;
+	for (attempt = 0; attempt < 2; attempt++)
+	{
+		bool		noted = false;
+
+		if (attempt > 0)
+			(void) standby_xids_done();
+		SpinLockAcquire(&standby->mutex);
+		if (standby->nxids < backend_slots())
+		{
+			standby->xids[standby->nxids++] = xid;
+			noted = true;
+		}
+		SpinLockRelease(&standby->mutex);
+		if (noted)
+			return;
+	}
+	standby_start_settling();
+}
+
+/*
+ * Replay: the transaction xid changed these tokens of a database, or all of
+ * them (purge).  Runs in the startup process, before the commit's replay.
+ */
+void
+cache_replay_change(Oid dbid, TransactionId xid, const TokenKey *keys,
+					int nkeys, bool purge)
+{
+	int			i;
+
+	if (tags == NULL)
+		return;
+	/*
+	 * Noted before the generations move (see cache_generation); only once
+	 * the cache is on: until then, the settling covers every transaction.
+	 */
+	if (pg_atomic_read_u32(&standby->state) != CACHE_STANDBY_OFF)
+		standby_note_xid(xid);
+	if (purge)
+		cache_purge_db(dbid);
+	for (i = 0; i < nkeys; i++)
+		remove_key(dbid, &keys[i]);
+}
+
+/*
+ * Replay of the primary's "on" (it logs what the cache must forget) or
+ * "off" (it stops doing so: the cache is emptied and unused).  Crash
+ * recovery ignores "on": no check runs before it ends.
+ */
+void
+cache_replay_state(bool on)
+{
+	if (tags == NULL)
+		return;
+	if (!on)
+	{
+		pg_atomic_write_u32(&standby->state, CACHE_STANDBY_OFF);
+		cache_purge_db(InvalidOid);
+	}
+	else if (standbyState != STANDBY_DISABLED &&
+			 pg_atomic_read_u32(&standby->state) == CACHE_STANDBY_OFF)
+		standby_start_settling();
+}
+
 /* The generation to pass to cache_fill, read before reading the table. */
 uint64
 cache_generation(const TokenKey *key)
@@ -857,6 +1125,8 @@ cache_generation(const TokenKey *key)
 
 	generation = pg_atomic_read_u64(&shared->generation[make_key(&ck, MyDatabaseId, key) % CACHE_PARTITIONS]);
 	pg_read_barrier();
+	if (RecoveryInProgress() && !standby_settled())
+		return GENERATION_UNSETTLED;
 	return generation;
 }
 
@@ -981,17 +1251,13 @@ cache_update(const TokenKey *key, const CacheValues *values,
 void
 cache_remove(const TokenKey *key)
 {
-	CacheKey	ck;
-	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
-	LWLock	   *lock = partition_lock(hashcode);
-
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	entry_remove(&ck, hashcode);
-	pg_atomic_fetch_add_u64(&shared->generation[hashcode % CACHE_PARTITIONS], 1);
-	LWLockRelease(lock);
+	remove_key(MyDatabaseId, key);
 }
 
-/* Remove every entry of a database (TRUNCATE, DROP EXTENSION, DROP DATABASE). */
+/*
+ * Remove every entry of a database (TRUNCATE, DROP EXTENSION, DROP
+ * DATABASE), or of all (InvalidOid).
+ */
 void
 cache_purge_db(Oid dbid)
 {
@@ -1006,7 +1272,8 @@ cache_purge_db(Oid dbid)
 		/* a removal may move a later entry into this slot: look again */
 		for (slot = 0; slot < region_slots; slot++)
 		{
-			while ((e = slot_entry(i, slot)) != NULL && e->key.dbid == dbid)
+			while ((e = slot_entry(i, slot)) != NULL &&
+				   (!OidIsValid(dbid) || e->key.dbid == dbid))
 				slot_free(e, i);
 		}
 	}
@@ -1017,7 +1284,7 @@ cache_purge_db(Oid dbid)
 		hash_seq_init(&status, payload_htab);
 		while ((c = hash_seq_search(&status)) != NULL)
 		{
-			if (c->key.entry.dbid == dbid)
+			if (!OidIsValid(dbid) || c->key.entry.dbid == dbid)
 				hash_search(payload_htab, &c->key, HASH_REMOVE, NULL);
 		}
 	}
@@ -1028,10 +1295,10 @@ cache_purge_db(Oid dbid)
 
 /* A flush of `observed` committed: clear the dirty bit unless used since. */
 void
-cache_mark_clean(const TokenKey *key, uint64 observed)
+cache_mark_clean(Oid dbid, const TokenKey *key, uint64 observed)
 {
 	CacheKey	ck;
-	uint32		hashcode = make_key(&ck, MyDatabaseId, key);
+	uint32		hashcode = make_key(&ck, dbid, key);
 	LWLock	   *lock = partition_lock(hashcode);
 	CacheEntry *e;
 

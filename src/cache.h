@@ -63,6 +63,14 @@ typedef struct CacheStats
 	int64		evictions;
 } CacheStats;
 
+/* Whether a hot standby may use its cache (see cache.c). */
+typedef enum CacheStandbyState
+{
+	CACHE_STANDBY_OFF,
+	CACHE_STANDBY_SETTLING,
+	CACHE_STANDBY_ON
+} CacheStandbyState;
+
 extern Size cache_shmem_size(void);
 extern void cache_shmem_request(void);
 extern void cache_shmem_startup(void);
@@ -87,7 +95,13 @@ extern void cache_update(const TokenKey *key, const CacheValues *values,
 						 TimestampTz last_used);
 extern void cache_remove(const TokenKey *key);
 extern void cache_purge_db(Oid dbid);
-extern void cache_mark_clean(const TokenKey *key, uint64 observed);
+extern void cache_mark_clean(Oid dbid, const TokenKey *key, uint64 observed);
+
+/* a hot standby: replay (the startup process) and the stats view */
+extern void cache_replay_change(Oid dbid, TransactionId xid,
+								const TokenKey *keys, int nkeys, bool purge);
+extern void cache_replay_state(bool on);
+extern CacheStandbyState cache_standby_state(void);
 
 /* the background */
 extern int	cache_collect_dirty(Oid dbid, CacheDirty *out, int max);

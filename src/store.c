@@ -355,8 +355,9 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 /*
  * The SQL objects of older versions, which a database keeps from the moment
  * this library is installed until ALTER EXTENSION tokenstore UPDATE, so
- * that nothing stops working between the restart and the update.  Under
- * 1.1 every statement but the sessions' runs as it is (those have no SQL
+ * that nothing stops working between the restart and the update.  1.2's
+ * table is this version's (1.3 added functions for hot standbys only).
+ * Under 1.1 every statement but the sessions' runs as it is (those have no SQL
  * function there).  Under 1.0 the helper last_used() lived in schema
  * tokenstore, there was no rotated_at, and share-mode tokens were sealed
  * with the key in table tokenstore.secret: statements are rewritten.
@@ -459,7 +460,8 @@ find_schema(char **version)
 		relcache_callback_registered = true;
 	}
 	*version = installed_version();
-	if (*version != NULL && strcmp(*version, TOKENSTORE_VERSION) == 0)
+	if (*version != NULL && (strcmp(*version, TOKENSTORE_VERSION) == 0 ||
+							 strcmp(*version, "1.2") == 0))
 		schema = SCHEMA_CURRENT;
 	else if (*version != NULL && strcmp(*version, "1.1") == 0)
 		schema = SCHEMA_1_1;

@@ -24,6 +24,7 @@
 #include "miscadmin.h"
 #include "redis.h"
 #include "registry.h"
+#include "standby.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -62,6 +63,9 @@ char	   *tokenstore_redis_tls_cert_file = NULL;
 char	   *tokenstore_redis_tls_key_file = NULL;
 int			tokenstore_redis_queue_size = 16384;
 bool		tokenstore_debug_pause_resync = false;
+bool		tokenstore_standby_cache = false;
+char	   *tokenstore_primary_conninfo = NULL;
+bool		tokenstore_debug_hold_fill = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -190,13 +194,18 @@ assign_default_idle_timeout(const char *newval, void *extra)
 	tokenstore_default_idle_timeout = *(int *) extra;
 }
 
-/* A tokenstore process that runs as long as the server (a bgworker). */
+/*
+ * A tokenstore process that runs as long as the server (a bgworker), from
+ * the end of recovery or, on a hot standby, from its consistent state.
+ */
 static void
-register_process(const char *function, const char *type)
+register_process(const char *function, const char *type,
+				 BgWorkerStartTime start)
 {
 	BackgroundWorker worker;
 
 	registry_describe(&worker, function, type);
+	worker.bgw_start_time = start;
 	RegisterBackgroundWorker(&worker);
 }
 
@@ -208,6 +217,7 @@ shmem_request(void)
 	cache_shmem_request();
 	registry_shmem_request();
 	fanout_shmem_request();
+	standby_shmem_request();
 }
 
 static void
@@ -219,6 +229,7 @@ shmem_startup(void)
 	cache_shmem_startup();
 	registry_shmem_startup();
 	fanout_shmem_startup();
+	standby_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -308,6 +319,20 @@ define_redis_settings(void)
 							   "",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("tokenstore.primary_conninfo",
+							   "Where a hot standby sends the uses its checks recorded (empty: primary_conninfo).",
+							   NULL,
+							   &tokenstore_primary_conninfo,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("tokenstore.debug_hold_fill",
+							 "For tests only: a check that read a token from the table takes the shared advisory lock 7370 before it fills the cache.",
+							 NULL,
+							 &tokenstore_debug_hold_fill,
+							 false,
+							 PGC_SUSET, GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 	DefineCustomBoolVariable("tokenstore.debug_pause_resync",
 							 "For tests only: holds every resynchronisation of Redis between two pages.",
 							 NULL,
@@ -391,6 +416,13 @@ _PG_init(void)
 								32768, 0, INT_MAX / 1024,
 								PGC_POSTMASTER, GUC_UNIT_KB,
 								NULL, NULL, NULL);
+		DefineCustomBoolVariable("tokenstore.standby_cache",
+								 "Log what hot standbys' caches must forget to WAL, so they answer checks from their own caches; every standby must preload tokenstore.",
+								 NULL,
+								 &tokenstore_standby_cache,
+								 false,
+								 PGC_POSTMASTER, 0,
+								 NULL, NULL, NULL);
 		DefineCustomIntVariable("tokenstore.redis_queue_size",
 								"Shared memory for committed changes waiting to be sent to Redis.",
 								NULL,
@@ -404,8 +436,13 @@ _PG_init(void)
 		shmem_startup_hook = shmem_startup;
 		xact_init();
 		redis_init();
-		register_process("tokenstore_launcher_main", "tokenstore launcher");
-		register_process("tokenstore_publisher_main", "tokenstore publisher");
+		standby_init();
+		register_process("tokenstore_launcher_main", "tokenstore launcher",
+						 BgWorkerStart_RecoveryFinished);
+		register_process("tokenstore_publisher_main", "tokenstore publisher",
+						 BgWorkerStart_RecoveryFinished);
+		register_process("tokenstore_sender_main", "tokenstore standby sender",
+						 BgWorkerStart_ConsistentState);
 	}
 
 	MarkGUCPrefixReserved("tokenstore");

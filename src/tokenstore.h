@@ -33,6 +33,9 @@ extern char *tokenstore_redis_tls_cert_file;
 extern char *tokenstore_redis_tls_key_file;
 extern int	tokenstore_redis_queue_size;
 extern bool tokenstore_debug_pause_resync;
+extern bool tokenstore_standby_cache;
+extern char *tokenstore_primary_conninfo;
+extern bool tokenstore_debug_hold_fill;
 
 extern bool login_mode_parse(const char *name, LoginMode *mode);
 

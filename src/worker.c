@@ -50,6 +50,7 @@
 #include "postmaster/interrupt.h"
 #include "redis.h"
 #include "registry.h"
+#include "standby.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -500,7 +501,7 @@ start_worker(Running *r, Oid dbid)
 	{
 		ereport(LOG,
 				(errmsg("tokenstore could not start a worker for database %u", dbid),
-				 errhint("Raise max_worker_processes: tokenstore needs four.")));
+				 errhint("Raise max_worker_processes: tokenstore needs five.")));
 		return false;
 	}
 	r->dbid = dbid;
@@ -648,15 +649,15 @@ tokenstore_launcher_main(Datum arg)
 		bool		idle;
 
 		/* on the launcher's own clock, never because a commit woke it */
-		if (now >= next_maintenance && cache_enabled())
+		if (now >= next_maintenance)
 		{
-			cache_maintain(now);
+			if (cache_enabled())
+				cache_maintain(now);
+			standby_announce();
 			next_maintenance = ms_from(now, tokenstore_flush_interval);
 		}
 		reap_workers(running);
-		next = start_due_worker(running, &idle);
-		if (cache_enabled())
-			next = Min(next, next_maintenance);
+		next = Min(start_due_worker(running, &idle), next_maintenance);
 		/* every database has had its first round: the dump is applied */
 		if (idle && registry_dump_waiting())
 		{

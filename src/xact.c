@@ -38,6 +38,10 @@
  *   use) reads tokens from the table, never the cache (which does not show
  *   its own changes yet), and no transaction that has written anything fills
  *   the cache (it might have inserted the row itself).
+ * - With tokenstore.standby_cache, at XACT_EVENT_PRE_COMMIT the keys the
+ *   transaction changed (or a purge) are logged to WAL for the hot
+ *   standbys' caches (see standby.c), so the record precedes the commit
+ *   record; nothing is logged after the commit.
  * - PREPARE TRANSACTION is refused once tokens changed: a prepared
  *   transaction commits later, in another process, without our callbacks.
  * - A transaction that queues more than PENDING_MAX actions purges its
@@ -75,6 +79,7 @@
 #include "fanout.h"
 #include "miscadmin.h"
 #include "registry.h"
+#include "standby.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -152,14 +157,16 @@ apply_pending(void)
 								  p->last_used, false, p->generation);
 				break;
 			case PENDING_UPDATE:
-				cache_update(&p->key, &p->values, p->payload, p->set_used,
-							 p->last_used);
+				if (cache_enabled())
+					cache_update(&p->key, &p->values, p->payload,
+								 p->set_used, p->last_used);
 				break;
 			case PENDING_REMOVE:
-				cache_remove(&p->key);
+				if (cache_enabled())
+					cache_remove(&p->key);
 				break;
 			case PENDING_CLEAN:
-				cache_mark_clean(&p->key, p->generation);
+				cache_mark_clean(MyDatabaseId, &p->key, p->generation);
 				break;
 			case PENDING_PURGE:
 				if (cache_enabled())
@@ -195,6 +202,38 @@ reserve_pending(void)
 	pfree(msgs);
 }
 
+/*
+ * Just before the commit: log what the standbys' caches must forget (see
+ * standby.c), one record for this database's tokens and one per other
+ * database purged (DROP DATABASE).
+ */
+static void
+log_pending(void)
+{
+	TokenKey   *keys;
+	int			nkeys = 0;
+	bool		purge = false;
+	int			i;
+
+	if (npending == 0 || !standby_wants_changes())
+		return;
+	keys = palloc(sizeof(TokenKey) * npending);
+	for (i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->kind == PENDING_UPDATE || p->kind == PENDING_REMOVE)
+			keys[nkeys++] = p->key;
+		else if (p->kind == PENDING_PURGE && p->dbid == MyDatabaseId)
+			purge = true;
+		else if (p->kind == PENDING_PURGE)
+			standby_log_change(p->dbid, NULL, 0, true);
+	}
+	if (nkeys > 0 || purge)
+		standby_log_change(MyDatabaseId, keys, purge ? 0 : nkeys, purge);
+	pfree(keys);
+}
+
 /* The commit (or abort) of the reserved block, and a missed change. */
 static void
 resolve_pending(bool committed)
@@ -220,6 +259,7 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_PRE_COMMIT:
 			reserve_pending();
+			log_pending();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -338,6 +378,16 @@ queue(PendingKind kind)
 	p->nest_level = GetCurrentTransactionNestLevel();
 	p->dbid = MyDatabaseId;
 	return p;
+}
+
+/*
+ * Whether changes of tokens are queued for a cache: this server's, or its
+ * standbys'.
+ */
+static bool
+invalidations_wanted(void)
+{
+	return cache_enabled() || standby_wants_changes();
 }
 
 /* The transaction changed rows of the table: at its end this is forgotten. */
@@ -697,9 +747,9 @@ queue_update(TriggerData *trigdata)
 	rekeyed = memcmp(old_key.bytes, new_key.bytes, sizeof(old_key.bytes)) != 0;
 	used_back = new_used < timestamp_of(trigdata, old_row, "last_used_at", DT_NOBEGIN);
 
-	if (cache_enabled() && rekeyed)
+	if (invalidations_wanted() && rekeyed)
 		queue(PENDING_REMOVE)->key = old_key;
-	else if (cache_enabled())
+	else if (invalidations_wanted())
 	{
 		p = queue(PENDING_UPDATE);
 		p->key = new_key;
@@ -737,7 +787,7 @@ queue_delete(TriggerData *trigdata)
 	CacheValues values;
 
 	key_of(trigdata, trigdata->tg_trigtuple, &key);
-	if (cache_enabled())
+	if (invalidations_wanted())
 		queue(PENDING_REMOVE)->key = key;
 	if (!fanout_wanted())
 		return;
@@ -751,7 +801,7 @@ queue_purge(Oid dbid)
 {
 	if (dbid == MyDatabaseId)
 		mark_rows_changed();
-	if (cache_enabled() || dbid != MyDatabaseId)
+	if (invalidations_wanted() || dbid != MyDatabaseId)
 		queue(PENDING_PURGE)->dbid = dbid;
 	if (fanout_wanted())
 		queue_fanout(fanout_msg_purge(dbid == MyDatabaseId ? NULL :
@@ -766,7 +816,7 @@ token_cache_sync(PG_FUNCTION_ARGS)
 
 	check_trigger_call(fcinfo, "token_cache_sync");
 	mark_rows_changed();
-	if (!cache_enabled() && !fanout_loaded())
+	if (!invalidations_wanted() && !fanout_loaded())
 		return PointerGetDatum(NULL);
 
 	event = trigdata->tg_event;

@@ -30,56 +30,17 @@
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 
+#define LAG_PROGNAME	"redis_lag"
+#include "lag.h"
+
 #define MISS_TIMEOUT_NS	(5 * 1000000000LL)
 #define POLL_SLEEP_NS	200000L
 
+/* t0 and t1 are both taken here: the monotonic clock will do */
 static long long
 now_ns(void)
 {
-	struct timespec ts;
-
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-	{
-		perror("redis_lag: clock_gettime");
-		exit(1);
-	}
-	return (long long) ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int
-sleep_ns(long long ns)
-{
-	struct timespec ts;
-
-	ts.tv_sec = (time_t) (ns / 1000000000LL);
-	ts.tv_nsec = (long) (ns % 1000000000LL);
-	while (nanosleep(&ts, &ts) != 0)
-	{
-		if (errno != EINTR)
-		{
-			perror("redis_lag: nanosleep");
-			return -1;
-		}
-	}
-	return 0;
-}
-
-static int
-parse_long(const char *s, const char *what, long min, long max, long *out)
-{
-	char	   *end;
-	long		v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
-	{
-		fprintf(stderr, "redis_lag: bad %s: \"%s\" (expected %ld..%ld)\n",
-				what, s, min, max);
-		return -1;
-	}
-	*out = v;
-	return 0;
+	return clock_ns(CLOCK_MONOTONIC);
 }
 
 /* hex SHA-256 of the bytes of s into hex (65 bytes); 0 on success */
@@ -145,28 +106,6 @@ key_exists(redisContext *rc, const char *key)
 	return result;
 }
 
-static int
-cmp_ll(const void *a, const void *b)
-{
-	long long	x = *(const long long *) a;
-	long long	y = *(const long long *) b;
-
-	return (x > y) - (x < y);
-}
-
-/* nearest-rank percentile of sorted v[0..n-1], in ms */
-static double
-percentile_ms(const long long *v, long n, double p)
-{
-	long		rank = (long) (p * (double) n + 0.999999);
-
-	if (rank < 1)
-		rank = 1;
-	if (rank > n)
-		rank = n;
-	return (double) v[rank - 1] / 1e6;
-}
-
 int
 main(int argc, char **argv)
 {
@@ -191,9 +130,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	if (parse_long(argv[3], "REDIS_PORT", 1, 65535, &port) != 0 ||
-		parse_long(argv[5], "SECONDS", 1, 86400, &seconds) != 0 ||
-		parse_long(argv[6], "MAX_SAMPLES", 1, 10000000, &max_samples) != 0 ||
-		parse_long(argv[7], "INTERVAL_MS", 0, 60000, &interval_ms) != 0)
+		parse_run_args(argv + 5, &seconds, &max_samples, &interval_ms) != 0)
 		return 1;
 
 	prefix_len = strlen(argv[4]);
@@ -205,13 +142,8 @@ main(int argc, char **argv)
 	}
 	memcpy(key, argv[4], prefix_len);
 
-	pg = PQconnectdb(argv[1]);
-	if (pg == NULL || PQstatus(pg) != CONNECTION_OK)
-	{
-		fprintf(stderr, "redis_lag: connect to PostgreSQL: %s",
-				pg ? PQerrorMessage(pg) : "out of memory\n");
+	if ((pg = connect_to(argv[1], "PostgreSQL")) == NULL)
 		goto done;
-	}
 	rc = redisConnect(argv[2], (int) port);
 	if (rc == NULL || rc->err)
 	{
@@ -252,14 +184,20 @@ main(int argc, char **argv)
 			if (t1 - t0 > MISS_TIMEOUT_NS)
 				break;
 			if (sleep_ns(POLL_SLEEP_NS) != 0)
+			{
+				perror("redis_lag: nanosleep");
 				goto done;
+			}
 		}
 		if (seen)
 			lags[n++] = t1 - t0;
 		else
 			misses++;
 		if (interval_ms > 0 && sleep_ns(interval_ms * 1000000LL) != 0)
+		{
+			perror("redis_lag: nanosleep");
 			goto done;
+		}
 	}
 
 	if (n == 0)
@@ -268,7 +206,8 @@ main(int argc, char **argv)
 	{
 		qsort(lags, (size_t) n, sizeof(long long), cmp_ll);
 		printf("%ld %ld %.2f %.2f %.2f\n", n, misses,
-			   percentile_ms(lags, n, 0.50), percentile_ms(lags, n, 0.99),
+			   (double) percentile(lags, n, 0.50) / 1e6,
+			   (double) percentile(lags, n, 0.99) / 1e6,
 			   (double) lags[n - 1] / 1e6);
 	}
 	if (fflush(stdout) != 0)

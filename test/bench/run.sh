@@ -9,6 +9,9 @@
 # comparison, default 3: each round runs every kind once, and the table shows
 # the median, so that a noisy neighbour does not favour one kind), BENCH_BIG
 # (10M tokens: auto, yes or no; auto runs it when 12 GB of memory are free).
+# The table ends with the rows of test/bench/redis.sh, session.sh and
+# standby.sh (read scale-out: BENCH_LAG_SAMPLES), on servers of their own;
+# each also runs alone (`bash test/bench/standby.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash test/setup.sh >/dev/null
@@ -249,6 +252,9 @@ cat <<TABLE
 | p99 of checks while the worker sweeps 1M expired tokens${sweep_secs:+ (swept in $sweep_secs s)} | $p99_sweep ms ($(ratio "$p99_sweep" "$p99_idle") of idle) | ≤ 2 × idle |
 TABLE
 
-# 6. the Redis fan-out, on servers of its own: rows continuing the table
+# 6. the Redis fan-out, the session store and read scale-out (hot standbys
+# with a cache of their own), each on servers of its own: rows continuing
+# the table
 bash test/bench/redis.sh --rows
 bash test/bench/session.sh --rows
+bash test/bench/standby.sh --rows

@@ -1,7 +1,8 @@
-# A hot standby answers checks from the table, never from the cache: WAL
-# replay fires no triggers, so a cache there could not learn of revocations.
-# A token checked on the standby again and again is dead there as soon as its
-# revocation on the primary is replayed.
+# Without tokenstore.standby_cache on the primary (the default), a hot
+# standby answers checks from the table, never from its cache: the primary
+# logs nothing for it, so a cache there could not learn of revocations.  A
+# token checked on the standby again and again is dead there as soon as its
+# revocation on the primary is replayed.  (With the setting: 020.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -29,6 +30,10 @@ is($standby->safe_psql($db, "$check FROM generate_series(1, 3)"),
 is($standby->safe_psql($db,
 		"SELECT concat_ws('/', capacity, hits, entries) FROM tokenstore.stats WHERE datname = current_database()"),
 	'0/0/0', 'without its cache');
+is($standby->safe_psql($db, 'SELECT standby_cache FROM tokenstore.stats'),
+	'off', 'and the stats say so');
+ok(!-e $primary->data_dir . '/tokenstore.standby_cache',
+	'the primary never told its standbys to use their caches');
 
 $primary->safe_psql($db, "SELECT tokenstore.token_delete('$token')");
 $primary->wait_for_catchup($standby);

@@ -86,7 +86,7 @@ TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) 
 # Objects of a version the library does not know: refused, with what to do.
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '0.9' WHERE extname = 'tokenstore'");
 my ($ret, $out, $err) = $node->psql($db, "SELECT tokenstore.token_make('kim')");
-like($err, qr/SQL objects are at version 0\.9, its library at version 1\.2.*\n.*ALTER EXTENSION tokenstore UPDATE/,
+like($err, qr/SQL objects are at version 0\.9, its library at version 1\.3.*\n.*ALTER EXTENSION tokenstore UPDATE/,
 	'SQL objects of an unknown version: an error that says to run ALTER EXTENSION ... UPDATE');
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'tokenstore'");
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')"),
@@ -96,7 +96,7 @@ is($ret, 0, 'the 1.0 stats view answers');
 
 $node->safe_psql($db, 'ALTER EXTENSION tokenstore UPDATE');
 is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
-	'1.2', 'the update reaches 1.2');
+	'1.3', 'the update reaches 1.3');
 
 foreach my $name (sort keys %token)
 {
@@ -183,5 +183,20 @@ is($node->safe_psql('v11', "SELECT tokenstore.token_save('session-id-1234567890'
 	't', 'the README grant, run again, gives them');
 is($node->safe_psql('v11', 'SELECT count(*) FROM tokenstore.token_list(\'lea\')'),
 	'2', 'the tokens of 1.1 are all there (one in its grace period, one heir)');
+
+# 1.2 to 1.3: the same table, served as it is; the update adds the standby's
+# functions and the stats view's last columns, readable by monitoring roles
+$node->safe_psql($db, 'CREATE DATABASE v12');
+$node->safe_psql('v12', "CREATE EXTENSION tokenstore VERSION '1.2'");
+$node->safe_psql('v12', 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor');
+my $v12 = $node->safe_psql('v12', "SELECT tokenstore.token_make('max')");
+is($node->safe_psql('v12', "SELECT tokenstore.token_user('$v12')"), 'max',
+	'under 1.2 objects this library makes and checks tokens');
+$node->safe_psql('v12', 'ALTER EXTENSION tokenstore UPDATE');
+is($node->safe_psql('v12', "SELECT tokenstore.token_user('$v12')"), 'max',
+	'and after the update to 1.3 the token lives on');
+is($node->safe_psql('v12', 'SELECT standby_cache, cache_lag IS NULL FROM tokenstore.stats WHERE datname = current_database()',
+		extra_params => [ '-U', 'watcher' ]),
+	'off|t', 'the stats view gains its standby columns, and monitoring roles read it');
 
 done_testing();
