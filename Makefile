@@ -16,7 +16,7 @@ EXTENSION = tokenstore
 # The version, in this one place: the install script, the control file and
 # the library are built with it.  A schema change goes into a new version,
 # with extension/tokenstore--OLD--NEW.sql and a test that updates to it.
-EXTVERSION = 1.3
+EXTVERSION = 1.4
 MODULE_big = tokenstore
 OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
 	src/cache.o src/xact.o src/registry.o src/worker.o src/fanout.o \

@@ -209,12 +209,13 @@ CREATE FUNCTION tokenstore.token_make(user_id text,
 									  idle_timeout interval DEFAULT NULL,
 									  mode text DEFAULT NULL,
 									  max_tokens integer DEFAULT NULL,
-									  token text DEFAULT NULL)
+									  token text DEFAULT NULL,
+									  expires_at timestamptz DEFAULT NULL)
 	RETURNS text
 	AS 'MODULE_PATHNAME', 'token_make'
 	LANGUAGE C VOLATILE SECURITY DEFINER;
-COMMENT ON FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text) IS
-	'make a token for a user (login modes multi, single, share) and return it';
+COMMENT ON FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text, timestamptz) IS
+	'make a token for a user (login modes multi, single, share) and return it; its absolute deadline is now + ttl or expires_at (''infinity'': none)';
 
 CREATE FUNCTION tokenstore.token_user(token text)
 	RETURNS text
@@ -247,12 +248,15 @@ CREATE FUNCTION tokenstore.token_list(user_id text,
 COMMENT ON FUNCTION tokenstore.token_list(text) IS
 	'the live tokens of a user, oldest first, by token_id (never the token)';
 
-CREATE FUNCTION tokenstore.token_refresh(token text, ttl interval DEFAULT NULL)
+CREATE FUNCTION tokenstore.token_refresh(token text,
+										 ttl interval DEFAULT NULL,
+										 idle_timeout interval DEFAULT NULL,
+										 expires_at timestamptz DEFAULT NULL)
 	RETURNS boolean
 	AS 'MODULE_PATHNAME', 'token_refresh'
 	LANGUAGE C VOLATILE SECURITY DEFINER;
-COMMENT ON FUNCTION tokenstore.token_refresh(text, interval) IS
-	'set a live token''s absolute deadline to now + ttl; false for a dead or unknown token';
+COMMENT ON FUNCTION tokenstore.token_refresh(text, interval, interval, timestamptz) IS
+	'set a live token''s absolute deadline to now + ttl or expires_at (''infinity'': none), and its idle timeout if given (0: none); false for a dead or unknown token';
 
 CREATE FUNCTION tokenstore.token_set_info(token text, info jsonb)
 	RETURNS boolean
@@ -415,6 +419,35 @@ CREATE FUNCTION tokenstore_internal.token_record_uses(token_hashes bytea[],
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'token_record_uses'
 	LANGUAGE C VOLATILE STRICT SECURITY DEFINER;
+
+/*
+ * For update scripts: when a function is created anew with another
+ * signature, the roles that could run the old one may run the new one.
+ */
+CREATE FUNCTION tokenstore_internal.carry_grants(old_function regprocedure,
+												 new_function regprocedure)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+	AS $carry$
+DECLARE
+	g record;
+BEGIN
+	FOR g IN SELECT a.grantee, a.is_grantable
+			   FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+			  WHERE p.oid OPERATOR(pg_catalog.=) old_function
+				AND a.grantee OPERATOR(pg_catalog.<>) p.proowner
+				AND a.privilege_type OPERATOR(pg_catalog.=) 'EXECUTE' LOOP
+		EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s',
+			new_function,
+			CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+				 ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
+			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+	END LOOP;
+END
+$carry$;
+COMMENT ON FUNCTION tokenstore_internal.carry_grants(regprocedure, regprocedure) IS
+	'for update scripts: grant a function''s EXECUTE rights to the function that replaces it';
 
 /* ---- privileges: nothing for PUBLIC ---- */
 

@@ -119,5 +119,75 @@ SELECT count(*) AS old_rows_before FROM tokenstore.token WHERE user_id = 'exp-ol
 SELECT tokenstore.token_sweep() >= 2 AS swept_old;
 SELECT count(*) AS old_rows_after FROM tokenstore.token WHERE user_id = 'exp-old';
 
+-- an interval setting is written as an interval is
+SET tokenstore.default_ttl = '1 day 12 hours';
+SHOW tokenstore.default_ttl;
+SELECT tokenstore.token_make('exp') AS d36 \gset
+SELECT expires_at - created_at AS ttl_36h FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'d36', 'UTF8'));
+
+-- expires_at: an absolute deadline for token_make and token_refresh, as
+-- token_save takes; 'infinity' is none on every version, whatever
+-- default_ttl says (a ttl can say it only where intervals can be infinite)
+SELECT tokenstore.token_make('exp', expires_at => 'infinity') AS inf \gset
+SELECT expires_at IS NULL AS make_no_deadline FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'inf', 'UTF8'));
+SELECT tokenstore.token_make('exp', expires_at => '2100-01-01 00:00:00+00') AS at \gset
+SELECT expires_at = '2100-01-01 00:00:00+00' AS make_at_instant FROM tokenstore.token_check(:'at');
+SELECT tokenstore.token_user(tokenstore.token_make('exp', expires_at => now() - interval '1 s')) IS NULL
+	AS make_past_dead,
+	   tokenstore.token_user(tokenstore.token_make('exp', expires_at => '-infinity')) IS NULL
+	AS make_minus_infinity_dead;
+SELECT tokenstore.token_refresh(:'at', expires_at => 'infinity') AS refreshed;
+SELECT expires_at IS NULL AS refresh_no_deadline FROM tokenstore.token_check(:'at');
+SELECT tokenstore.token_refresh(:'at', expires_at => '2100-01-02 00:00:00+00') AS refreshed;
+SELECT expires_at = '2100-01-02 00:00:00+00' AS refresh_at_instant FROM tokenstore.token_check(:'at');
+SELECT tokenstore.token_refresh(:'at') AS refreshed;
+SELECT expires_at - last_used_at AS refresh_default FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'at', 'UTF8'));
+SELECT tokenstore.token_refresh(:'at', expires_at => now() - interval '1 s') AS refreshed,
+	   tokenstore.token_user(:'at') IS NULL AS refresh_past_ended;
+-- one absolute deadline: ttl and expires_at together are an error
+SELECT tokenstore.token_make('exp', ttl => '1 hour', expires_at => 'infinity');
+SELECT sqlstate_of($$SELECT tokenstore.token_refresh('any-token-12345678', ttl => '1 hour', expires_at => 'infinity')$$)
+	AS refresh_both;
+SELECT sqlstate_of($$SELECT tokenstore.token_make('exp', expires_at => '10000-01-01')$$) AS make_beyond;
+RESET tokenstore.default_ttl;
+
+-- token_refresh's idle_timeout replaces the token's (0: none; NULL keeps it)
+SELECT tokenstore.token_make('exp', idle_timeout => '10 min') AS lengthen \gset
+SELECT tokenstore.token_make('exp', idle_timeout => '2 hours') AS shorten \gset
+SELECT tokenstore.token_make('exp', idle_timeout => '10 min') AS lift \gset
+SELECT tokenstore.token_refresh(:'lengthen', idle_timeout => '2 hours') AS lengthened,
+	   tokenstore.token_refresh(:'shorten', idle_timeout => '10 min') AS shortened,
+	   tokenstore.token_refresh(:'lift', idle_timeout => '0') AS lifted;
+SELECT (SELECT idle_timeout FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'lengthen', 'UTF8'))) AS lengthened,
+	   (SELECT idle_timeout FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'shorten', 'UTF8'))) AS shortened,
+	   (SELECT idle_timeout FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'lift', 'UTF8'))) AS lifted;
+-- checks see the new timeouts at once (the deadline they answer is the idle one)
+SELECT (SELECT expires_at - last_used_at FROM tokenstore.token_check(:'lengthen')) AS lengthened,
+	   (SELECT expires_at - last_used_at FROM tokenstore.token_check(:'shorten')) AS shortened,
+	   (SELECT expires_at > now() + interval '29 days' FROM tokenstore.token_check(:'lift')) AS lifted;
+-- 30 minutes unused: past the old timeout of the first, the new one of the
+-- second; a year unused: no idle timeout left on the third
+UPDATE tokenstore.token SET last_used_at = now() - interval '30 min'
+ WHERE token_hash IN (sha256(convert_to(:'lengthen', 'UTF8')), sha256(convert_to(:'shorten', 'UTF8')));
+UPDATE tokenstore.token SET last_used_at = now() - interval '1 year'
+ WHERE token_hash = sha256(convert_to(:'lift', 'UTF8'));
+SELECT tokenstore.token_user(:'lengthen') AS lives_past_old_timeout,
+	   tokenstore.token_user(:'shorten') IS NULL AS dies_after_new_timeout,
+	   tokenstore.token_user(:'lift') AS lives_without_timeout;
+-- NULL keeps it; the refresh is a use, from which it counts
+SELECT tokenstore.token_refresh(:'lengthen', '1 day') AS refreshed;
+SELECT idle_timeout, last_used_at > now() - interval '1 min' AS used_now FROM tokenstore.token
+ WHERE token_hash = sha256(convert_to(:'lengthen', 'UTF8'));
+-- validated as token_make's; a dead token or one in a rotation's grace is refused
+SELECT sqlstate_of(format('SELECT tokenstore.token_refresh(%L, idle_timeout => %L)', :'lengthen', '-1 min')) AS negative_idle,
+	   sqlstate_of(format('SELECT tokenstore.token_refresh(%L, idle_timeout => %L)', :'lengthen', '72000001 hours')) AS long_idle;
+SELECT tokenstore.token_refresh(:'shorten', idle_timeout => '1 day') AS dead_refused;
+SELECT tokenstore.token_rotate(:'lengthen', grace => '1 hour') IS NOT NULL AS rotated;
+SELECT tokenstore.token_refresh(:'lengthen', idle_timeout => '0') AS graced_refused,
+	   (SELECT idle_timeout FROM tokenstore.token WHERE token_hash = sha256(convert_to(:'lengthen', 'UTF8'))) AS graced_kept;
+
 SELECT tokenstore.token_delete_user('exp');
 RESET tokenstore.touch_interval;

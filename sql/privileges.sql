@@ -100,6 +100,17 @@ SELECT n.nspname, p.proname, p.prosecdef,
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname IN ('tokenstore', 'tokenstore_internal') ORDER BY 1, 2;
 
+-- every function of the API and every view says what it is (\df+, \dv+):
+-- one added without a COMMENT is listed here
+SELECT count(*) AS described FROM pg_proc
+ WHERE pronamespace = 'tokenstore'::regnamespace AND obj_description(oid, 'pg_proc') IS NOT NULL;
+SELECT 'function ' || p.oid::regprocedure AS uncommented FROM pg_proc p
+ WHERE p.pronamespace = 'tokenstore'::regnamespace AND obj_description(p.oid, 'pg_proc') IS NULL
+UNION ALL
+SELECT 'view ' || c.oid::regclass FROM pg_class c
+ WHERE c.relnamespace = 'tokenstore'::regnamespace AND c.relkind = 'v'
+   AND obj_description(c.oid, 'pg_class') IS NULL;
+
 -- a hostile search_path: look-alike functions, operators and tables first,
 -- and objects in pg_temp
 CREATE SCHEMA evil;

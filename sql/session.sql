@@ -144,6 +144,24 @@ SELECT tokenstore.token_sweep() >= 1 AS swept;
 SELECT NOT EXISTS (SELECT FROM tokenstore.token
 				   WHERE token_hash = sha256(convert_to('session-id-gggggggggggggggggggg', 'UTF8'))) AS gone;
 
+-- an unchanged session's find and touch, served by the cache, write
+-- nothing: no row updated, and no transaction id taken (any write takes one)
+\set sid_i 'session-id-iiiiiiiiiiiiiiiiiiii'
+SELECT tokenstore.token_save(:'sid_i', NULL, '\x11', now() + interval '1 hour',
+							 idle_timeout => '1 hour') AS created;
+SELECT tokenstore.token_data(:'sid_i') AS cached;
+BEGIN;
+SELECT pg_stat_get_xact_tuples_updated('tokenstore.token'::regclass) AS updates_before,
+	   hits AS hits0
+  FROM tokenstore.stats WHERE datname = current_database() \gset
+SELECT tokenstore.token_data(:'sid_i') AS data, tokenstore.token_touch(:'sid_i') AS touched;
+SELECT pg_stat_get_xact_tuples_updated('tokenstore.token'::regclass) - :updates_before AS updates,
+	   pg_current_xact_id_if_assigned() IS NULL AS no_transaction_id,
+	   hits - :hits0 AS hits
+  FROM tokenstore.stats WHERE datname = current_database();
+COMMIT;
+SELECT tokenstore.token_delete(:'sid_i') AS deleted;
+
 -- a save and a find in one transaction see each other
 BEGIN;
 SELECT tokenstore.token_save('session-id-ffffffffffffffffffff', NULL, '\x0c', 'infinity') AS created;

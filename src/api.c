@@ -289,6 +289,26 @@ arg_expires_at(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 }
 
 /*
+ * The absolute deadline of a call that takes a ttl (argument ttl_argno) and
+ * an expires_at (argument at_argno, which the SQL objects before 1.4 lack):
+ * one of them, or neither for the setting.
+ */
+static TimestampTz
+arg_deadline(FunctionCallInfo fcinfo, int ttl_argno, int at_argno,
+			 TimestampTz now)
+{
+	if (PG_NARGS() <= at_argno || PG_ARGISNULL(at_argno))
+		return arg_ttl(fcinfo, ttl_argno, now);
+	if (!PG_ARGISNULL(ttl_argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl and expires_at cannot both be given"),
+				 errdetail("ttl is a deadline from now, expires_at the instant itself: one absolute deadline takes one of them."),
+				 errhint("Pass only one, or neither to use tokenstore.default_ttl; expires_at => 'infinity' is no deadline.")));
+	return arg_expires_at(fcinfo, at_argno, now);
+}
+
+/*
  * An interval as a fixed number of microseconds (a day is 24 hours, a month
  * 30 days), so that idle deadlines are plain arithmetic everywhere: an
  * error unless 0 <= result <= limit.
@@ -482,7 +502,7 @@ token_make(PG_FUNCTION_ARGS)
 
 	row.user_id = arg_user_id(fcinfo, 0);
 	row.info = arg_info(fcinfo, 1);
-	row.expires_at = arg_ttl(fcinfo, 2, now);
+	row.expires_at = arg_deadline(fcinfo, 2, 7, now);
 	row.idle_us = arg_idle(fcinfo, 3);
 	row.created_at = now;
 	row.last_used_at = now;
@@ -783,14 +803,19 @@ token_refresh(PG_FUNCTION_ARGS)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TokenKey	key;
-	TimestampTz deadline = arg_ttl(fcinfo, 1, now);
+	TimestampTz deadline = arg_deadline(fcinfo, 1, 3, now);
+
+	/* NULL keeps the idle timeout (and the SQL objects before 1.4 lack it) */
+	bool		set_idle = PG_NARGS() > 2 && !PG_ARGISNULL(2);
+	int64		idle_us = set_idle ? arg_idle(fcinfo, 2) : 0;
 	RowDeadline written;
 	bool		done;
 
 	if (!arg_token(fcinfo, 0, &key))
 		PG_RETURN_BOOL(false);
 	store_begin();
-	done = store_refresh(&key, now, deadline, &written);
+	done = store_refresh(&key, now, deadline, set_idle ? &idle_us : NULL,
+						 &written);
 	store_end();
 
 	/*

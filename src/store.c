@@ -189,13 +189,17 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"SELECT key FROM tokenstore.secret",
 		0, {InvalidOid}
 	},
-	/* a token in its grace period keeps its final deadline */
+	/*
+	 * A token in its grace period keeps its final deadline.  $5: whether the
+	 * idle timeout becomes $4 (NULL: none).
+	 */
 	[STMT_REFRESH] = {
 		"UPDATE tokenstore.token"
-		"   SET expires_at = $3, last_used_at = greatest(" LAST_USED ", $2)"
+		"   SET expires_at = $3, last_used_at = greatest(" LAST_USED ", $2),"
+		"       idle_timeout = CASE WHEN $5 THEN $4 ELSE idle_timeout END"
 		" WHERE token_hash = $1 AND rotated_at IS NULL AND " LIVE("$2")
 		" RETURNING expires_at, idle_timeout, last_used_at",
-		3, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+		5, {BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INTERVALOID, BOOLOID}
 	},
 	[STMT_SET_INFO] = {
 		"UPDATE tokenstore.token SET info = $3"
@@ -356,7 +360,9 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
  * The SQL objects of older versions, which a database keeps from the moment
  * this library is installed until ALTER EXTENSION tokenstore UPDATE, so
  * that nothing stops working between the restart and the update.  1.2's
- * table is this version's (1.3 added functions for hot standbys only).
+ * table is this version's (1.3 added functions for hot standbys only, 1.4
+ * arguments of token_make and token_refresh, which api.c reads by
+ * PG_NARGS()).
  * Under 1.1 every statement but the sessions' runs as it is (those have no SQL
  * function there).  Under 1.0 the helper last_used() lived in schema
  * tokenstore, there was no rotated_at, and share-mode tokens were sealed
@@ -369,6 +375,19 @@ typedef enum SchemaVersion
 	SCHEMA_1_1,
 	SCHEMA_CURRENT
 } SchemaVersion;
+
+/* the versions of SQL objects this library serves, and their tables */
+static const struct
+{
+	const char *version;
+	SchemaVersion schema;
+}			known_versions[] = {
+	{"1.0", SCHEMA_1_0},
+	{"1.1", SCHEMA_1_1},
+	{"1.2", SCHEMA_CURRENT},
+	{"1.3", SCHEMA_CURRENT},
+	{TOKENSTORE_VERSION, SCHEMA_CURRENT},
+};
 
 typedef struct Rewrite
 {
@@ -446,12 +465,14 @@ forget_schema(Datum arg, Oid relid)
 
 /*
  * Whether the statements can be written for the installed SQL objects:
- * this library's version, 1.1, or 1.0 (rewritten).  Sets *version to the one
+ * one of known_versions (1.0 and 1.1 rewritten).  Sets *version to the one
  * found.
  */
 static bool
 find_schema(char **version)
 {
+	int			i;
+
 	if (schema != SCHEMA_UNKNOWN)
 		return true;
 	if (!relcache_callback_registered)
@@ -460,14 +481,10 @@ find_schema(char **version)
 		relcache_callback_registered = true;
 	}
 	*version = installed_version();
-	if (*version != NULL && (strcmp(*version, TOKENSTORE_VERSION) == 0 ||
-							 strcmp(*version, "1.2") == 0))
-		schema = SCHEMA_CURRENT;
-	else if (*version != NULL && strcmp(*version, "1.1") == 0)
-		schema = SCHEMA_1_1;
-	else if (*version != NULL && strcmp(*version, "1.0") == 0)
-		schema = SCHEMA_1_0;
-	else
+	for (i = 0; *version != NULL && i < lengthof(known_versions); i++)
+		if (strcmp(*version, known_versions[i].version) == 0)
+			schema = known_versions[i].schema;
+	if (schema == SCHEMA_UNKNOWN)
 		return false;
 	token_relid = get_relname_relid("token", get_namespace_oid("tokenstore", false));
 	return true;
@@ -1042,17 +1059,21 @@ store_seal_secret(void)
 }
 
 /*
- * Set a live token's absolute deadline (DEADLINE_NONE: none) and record a
- * use, the row's deadline then in *out; false if it is dead, or in the
- * grace period of a rotation.
+ * Set a live token's absolute deadline (DEADLINE_NONE: none), and its idle
+ * timeout when idle_us is not NULL (0: none), and record a use, the row's
+ * deadline then in *out; false if it is dead, or in the grace period of a
+ * rotation.
  */
 bool
 store_refresh(const TokenKey *key, TimestampTz now, TimestampTz expires_at,
-			  RowDeadline *out)
+			  const int64 *idle_us, RowDeadline *out)
 {
-	Datum		values[3] = {key_datum(key), TimestampTzGetDatum(now),
-	TimestampTzGetDatum(expires_at)};
-	char		nulls[3] = {' ', ' ', expires_at == DEADLINE_NONE ? 'n' : ' '};
+	Interval	idle = {.time = idle_us ? *idle_us : 0};
+	Datum		values[5] = {key_datum(key), TimestampTzGetDatum(now),
+		TimestampTzGetDatum(expires_at), IntervalPGetDatum(&idle),
+	BoolGetDatum(idle_us != NULL)};
+	char		nulls[5] = {' ', ' ', expires_at == DEADLINE_NONE ? 'n' : ' ',
+	idle.time == 0 ? 'n' : ' ', ' '};
 
 	if (store_exec(STMT_REFRESH, values, nulls, 0) == 0)
 		return false;

@@ -81,7 +81,8 @@ extern bool store_find_share(const char *user_id, TimestampTz now,
 extern bytea *store_seal_secret(void);
 
 extern bool store_refresh(const TokenKey *key, TimestampTz now,
-						  TimestampTz expires_at, RowDeadline *out);
+						  TimestampTz expires_at, const int64 *idle_us,
+						  RowDeadline *out);
 extern bool store_set_info(const TokenKey *key, TimestampTz now, Jsonb *info);
 extern void store_retire(const TokenKey *key, TimestampTz now,
 						 TimestampTz deadline);

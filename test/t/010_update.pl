@@ -86,7 +86,7 @@ TokenstoreRedis::wait_redis(sub { TokenstoreRedis::mismatch($node, $db, $redis) 
 # Objects of a version the library does not know: refused, with what to do.
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '0.9' WHERE extname = 'tokenstore'");
 my ($ret, $out, $err) = $node->psql($db, "SELECT tokenstore.token_make('kim')");
-like($err, qr/SQL objects are at version 0\.9, its library at version 1\.3.*\n.*ALTER EXTENSION tokenstore UPDATE/,
+like($err, qr/SQL objects are at version 0\.9, its library at version 1\.4.*\n.*ALTER EXTENSION tokenstore UPDATE/,
 	'SQL objects of an unknown version: an error that says to run ALTER EXTENSION ... UPDATE');
 $node->safe_psql($db, "UPDATE pg_extension SET extversion = '1.0' WHERE extname = 'tokenstore'");
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')"),
@@ -96,7 +96,7 @@ is($ret, 0, 'the 1.0 stats view answers');
 
 $node->safe_psql($db, 'ALTER EXTENSION tokenstore UPDATE');
 is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
-	'1.3', 'the update reaches 1.3');
+	'1.4', 'the update reaches 1.4');
 
 foreach my $name (sort keys %token)
 {
@@ -171,7 +171,7 @@ is($node->safe_psql('v11', "SELECT tokenstore.token_user('$v11') || tokenstore.t
 $node->safe_psql('v11', 'ALTER EXTENSION tokenstore UPDATE');
 is($node->safe_psql('v11', "SELECT tokenstore.token_rotate('$v11_heir') IS NOT NULL",
 		extra_params => [ '-U', 'app' ]),
-	't', 'after the update to 1.2 the application may still rotate');
+	't', 'after the update from 1.1 the application may still rotate');
 ($ret, $out, $err) = $node->psql('v11',
 	"SELECT tokenstore.token_save('session-id-1234567890', NULL, 'x', NULL)",
 	extra_params => [ '-U', 'app' ]);
@@ -192,11 +192,58 @@ $node->safe_psql('v12', 'CREATE ROLE watcher LOGIN IN ROLE pg_monitor');
 my $v12 = $node->safe_psql('v12', "SELECT tokenstore.token_make('max')");
 is($node->safe_psql('v12', "SELECT tokenstore.token_user('$v12')"), 'max',
 	'under 1.2 objects this library makes and checks tokens');
-$node->safe_psql('v12', 'ALTER EXTENSION tokenstore UPDATE');
+$node->safe_psql('v12', "ALTER EXTENSION tokenstore UPDATE TO '1.3'");
 is($node->safe_psql('v12', "SELECT tokenstore.token_user('$v12')"), 'max',
 	'and after the update to 1.3 the token lives on');
 is($node->safe_psql('v12', 'SELECT standby_cache, cache_lag IS NULL FROM tokenstore.stats WHERE datname = current_database()',
 		extra_params => [ '-U', 'watcher' ]),
 	'off|t', 'the stats view gains its standby columns, and monitoring roles read it');
+
+# 1.3 to 1.4: served as 1.3 until the update (token_make and token_refresh
+# without their new arguments); both are created anew with more arguments
+# and keep the grants they had, a grant option included, so the application
+# uses the new arguments at once, with no new grant
+$node->safe_psql('v12',
+	'GRANT USAGE ON SCHEMA tokenstore TO app; '
+	  . 'GRANT EXECUTE ON FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text), '
+	  . 'tokenstore.token_user(text) TO app; '
+	  . 'GRANT EXECUTE ON FUNCTION tokenstore.token_refresh(text, interval) TO app WITH GRANT OPTION');
+my $v13 = $node->safe_psql('v12',
+	"SELECT tokenstore.token_make('noa', ttl => '2 days', idle_timeout => '1 hour')",
+	extra_params => [ '-U', 'app' ]);
+is($node->safe_psql('v12', "SELECT tokenstore.token_refresh('$v13', '3 days')",
+		extra_params => [ '-U', 'app' ]),
+	't', 'under 1.3 objects this library makes and refreshes tokens');
+my $v13_state = "SELECT format('%s|%s|%s|%s', tokenstore.token_user('$v13'), created_at, expires_at, idle_timeout) FROM tokenstore.token WHERE token_hash = sha256(convert_to('$v13', 'UTF8'))";
+my $v13_before = $node->safe_psql('v12', $v13_state);
+my $grants = q{
+	SELECT string_agg(format('%s %s %s %s', p.proname, p.pronargs, a.grantee::regrole, a.is_grantable), ', '
+					  ORDER BY p.proname, p.pronargs)
+	  FROM pg_proc p, aclexplode(p.proacl) a
+	 WHERE p.pronamespace = 'tokenstore'::regnamespace AND p.proname IN ('token_make', 'token_refresh')
+	   AND a.grantee <> p.proowner
+};
+is($node->safe_psql('v12', $grants), 'token_make 7 app f, token_refresh 2 app t',
+	'the grants of 1.3');
+$node->safe_psql('v12', 'ALTER EXTENSION tokenstore UPDATE');
+is($node->safe_psql('v12', "SELECT extversion FROM pg_extension WHERE extname = 'tokenstore'"),
+	'1.4', 'the update from 1.3 reaches 1.4');
+is($node->safe_psql('v12', $v13_state), $v13_before,
+	'the token of 1.3 lives on: same user, creation and deadlines');
+is($node->safe_psql('v12', $grants), 'token_make 8 app f, token_refresh 4 app t',
+	'token_make and token_refresh have their new arguments and the grants of the old ones, the grant option too');
+my $v14 = $node->safe_psql('v12', "SELECT tokenstore.token_make('noa', expires_at => 'infinity')",
+	extra_params => [ '-U', 'app' ]);
+is($node->safe_psql('v12',
+		"SELECT tokenstore.token_refresh('$v13', idle_timeout => '5 minutes', expires_at => 'infinity')",
+		extra_params => [ '-U', 'app' ]),
+	't', 'the application refreshes with the new arguments');
+is($node->safe_psql('v12',
+		"SELECT string_agg(format('%s %s', expires_at IS NULL, coalesce(idle_timeout::text, '-')), ', ' ORDER BY created_at) "
+		  . "FROM tokenstore.token WHERE user_id = 'noa'"),
+	't 00:05:00, t -', 'expires_at and idle_timeout did what they say');
+is($node->safe_psql('v12', "SELECT tokenstore.token_user('$v13') || tokenstore.token_user('$v14')",
+		extra_params => [ '-U', 'app' ]),
+	'noanoa', 'and both tokens check');
 
 done_testing();
