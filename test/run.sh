@@ -320,15 +320,23 @@ regress_results() {
 # prove_results LOG: prove says "x.pl .. ok" for a passing script and
 # "x.pl .. skipped: why" for one that skipped itself, but the verdict on a
 # failing one can land lines later, after its diagnostics: count the scripts
-# of "Files=N", the skipped ones, and the failing ones its summary report
-# lists (one that only passed TODO tests is listed with status 0).
+# of "Files=N", the failing ones its summary report lists (one that only
+# passed TODO tests is listed with status 0 and no parse error: not failed),
+# and the skipped ones that are not among them (a script that ran a test
+# before skipping itself is a failure).
 prove_results() {
-	local files
+	local files failing
 	grep -E '^test/t/\S+\.pl \.+ (ok|skipped)' "$1"
 	sed -n '/^Test Summary Report/,/^Files=/p' "$1"
 	files=$(sed -nE 's/^Files=([0-9]+),.*/\1/p' "$1")
-	res_s=$(grep -cE '^test/t/\S+\.pl \.+ skipped' "$1")
-	res_f=$(grep -E '^test/t/\S+\.pl +\(Wstat: ' "$1" | grep -cvE 'Wstat: 0 .*Failed: 0\)')
+	failing=$(awk '
+		/^Test Summary Report/ { report = 1 }
+		report && /^test\/t\/[^ ]+\.pl +\(Wstat: / { name = $1; bad[name] = ($0 !~ /Wstat: 0 .*Failed: 0\)/) }
+		report && /^  Parse errors:/ { bad[name] = 1 }
+		/^Files=/ { report = 0 }
+		END { for (n in bad) if (bad[n]) print n }' "$1")
+	res_f=$(grep -c . <<<"$failing")
+	res_s=$(sed -nE 's/^(test\/t\/\S+\.pl) \.+ skipped.*/\1/p' "$1" | grep -cvxF -e "${failing:-/}")
 	res_p=$((${files:-0} - res_f - res_s))
 }
 
