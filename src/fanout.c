@@ -46,9 +46,11 @@
 
 #include "commands/dbcommands.h"
 #include "fanout.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tokenstore.h"
@@ -56,6 +58,7 @@
 #include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 #include "registry.h"
 
 #define FANOUT_TRANCHE		"tokenstore fanout"

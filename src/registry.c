@@ -25,6 +25,7 @@
 #include "miscadmin.h"
 #include "registry.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "tokenstore.h"

@@ -41,6 +41,7 @@
 #include "access/xloginsert.h"
 #include "access/xlogreader.h"
 #include "cache.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "standby.h"

@@ -40,6 +40,7 @@
 #include "common/hashfn.h"
 #include "compat.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "store.h"

@@ -23,9 +23,11 @@
  * number).  The token's key is unique per token, so no two tokens share a
  * keystream.  The sealing key is not in the database, so that a dump
  * reveals no usable token: it is $PGDATA/tokenstore.key, 32 random bytes
- * made by the first process that needs them, which base backups, standbys
- * and rewinds carry along with the data directory (see the README for
- * dumps and pg_upgrade).
+ * made when a server that preloads tokenstore starts out of recovery (or by
+ * the first process that needs them, without the preload), so that base
+ * backups, standbys and rewinds carry it along with the data directory
+ * before the first share-mode login (see the README for dumps and
+ * pg_upgrade).
  *
  *-------------------------------------------------------------------------
  */
@@ -363,6 +365,18 @@ seal_key(void)
 	}
 	sealing_key_loaded = true;
 	return sealing_key;
+}
+
+/*
+ * Make the sealing key now if there is none, so that a base backup or a
+ * standby taken before the first share-mode login has the key its tokens
+ * will be sealed with.  Called by the launcher, which starts only once
+ * recovery is over: a standby never makes a key of its own.
+ */
+void
+token_seal_key_ensure(void)
+{
+	(void) seal_key();
 }
 
 /* ---- sealing ---- */

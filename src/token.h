@@ -30,6 +30,7 @@ extern char *hex_text(const uint8 *bytes, int len);
 extern bool hex_parse(const char *hex, int n, uint8 *bytes);
 extern char *token_id_text(const TokenKey *key);
 extern bool token_id_parse(const char *id, int len, uint8 *prefix);
+extern void token_seal_key_ensure(void);
 extern bytea *token_seal(const bytea *secret, const TokenKey *key,
 						 const char *token, int len);
 extern char *token_unseal(const bytea *secret, const TokenKey *key,

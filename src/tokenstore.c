@@ -18,6 +18,7 @@
 #include <limits.h>
 
 #include "cache.h"
+#include "common/int.h"
 #include "compat.h"
 #include "fanout.h"
 #include "fmgr.h"

@@ -55,6 +55,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "store.h"
+#include "token.h"
 #include "tokenstore.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -628,6 +629,29 @@ reload(void)
 						now + (int64) tokenstore_sweep_interval * USECS_PER_SEC);
 }
 
+/*
+ * The sealing key, made at the start if missing.  A key file that cannot be
+ * used is logged and the launcher goes on: flushes and sweeps do not need
+ * it, and share-mode logins say what is wrong until it is repaired.
+ */
+static void
+ensure_seal_key(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		token_seal_key_ensure();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+}
+
 void
 tokenstore_launcher_main(Datum arg)
 {
@@ -638,6 +662,7 @@ tokenstore_launcher_main(Datum arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	ensure_seal_key();
 
 	registry_attach_launcher(MyLatch, access(DUMP_FILE, F_OK) == 0);
 	discover_databases();

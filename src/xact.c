@@ -77,6 +77,7 @@
 #include "compat.h"
 #include "executor/spi.h"
 #include "fanout.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "registry.h"
 #include "standby.h"

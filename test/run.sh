@@ -6,8 +6,12 @@
 # and reuses.  For each major the tree is copied to a work folder, built and
 # installed as root with that major's pg_config, and the suites run as the
 # postgres OS user.  A major whose build fails counts as one failure, and the
-# run goes on with the next.  Ends with one line "N passed, M failed" over
-# all majors; exits non-zero if anything failed.  Run as root.
+# run goes on with the next; a build that prints a warning counts as one
+# failure too (its suites still run), and so does one with clang on the
+# host's major (the clang PGXS uses for bitcode) that prints one.  A TAP
+# script that skips itself is counted apart, as skipped.  Ends with one line
+# "N passed, S skipped, M failed" over all majors; exits non-zero if anything
+# failed.  Run as root.
 #
 #   make test                                15, 17 and 18
 #   make test PG_VERSIONS="17"               only the majors named
@@ -31,6 +35,7 @@ HOST_MAJOR=$SETUP_DEFAULT_MAJOR	# bookworm's 15; every other major runs in a chr
 ALL_MAJORS="$HOST_MAJOR 17 18"
 
 passed=0
+skipped=0
 failed=0
 summary=()	# one line per major, repeated at the end
 works=()	# work folders to delete on the way out
@@ -162,6 +167,7 @@ copy_tree() {
 
 # build_install MAJOR: build and install as root with this major's
 # pg_config; show the compiler's output (-k: every file's errors at once).
+# A build that prints anything (a warning) adds one to build_failed.
 build_install() {
 	local major=$1 log=$WORK/build.log
 	if ! { "${AS_ROOT[@]}" make -C "$WORK_IN" -s -k -j"$(nproc)" PG_CONFIG="$PGC" &&
@@ -171,17 +177,48 @@ build_install() {
 		return 1
 	fi
 	if [[ -s $log ]]; then
-		echo "-- PostgreSQL $major: the build's output (warnings):"
+		echo "-- PostgreSQL $major: the build printed warnings (counted as 1 failure):"
 		show_build_log "$log"
+		build_failed=$((build_failed + 1))
 	fi
 	chown -R "$OWNER" "$WORK"
+}
+
+# clang_build MAJOR: build the tree once with clang, before the real build
+# (make clean after it), on the host's major: the clang PGXS compiles
+# bitcode with (CLANG in its Makefile.global; postgresql-server-dev-15
+# depends on it), else the one on PATH.  The server's CFLAGS are gcc's:
+# clang is told to ignore the options it does not know, and, as PGXS does
+# for bitcode, the gnu_printf attributes of PostgreSQL's headers.  Anything
+# else it prints (a warning) adds one to build_failed, as does no clang.
+clang_build() {
+	local major=$1 log=$WORK/build-clang.log global clang
+	global=$(dirname "$(dirname "$("$PGC" --pgxs)")")/Makefile.global
+	clang=$(sed -nE 's/^CLANG = *(.+)$/\1/p' "$global" 2>/dev/null)
+	[[ -n $clang ]] || clang=$(command -v clang)
+	if [[ -z $clang ]]; then
+		echo "-- PostgreSQL $major: no clang to build with (counted as 1 failure)"
+		build_failed=$((build_failed + 1))
+		return
+	fi
+	if ! make -C "$WORK_IN" -s -k -j"$(nproc)" PG_CONFIG="$PGC" CC="$clang" \
+		COPT='-Wno-unknown-warning-option -Wno-ignored-optimization-argument -Wno-ignored-attributes' \
+		>"$log" 2>&1 || [[ -s $log ]]; then
+		echo "-- PostgreSQL $major: the build with $clang FAILED or printed warnings (counted as 1 failure):"
+		show_build_log "$log"
+		build_failed=$((build_failed + 1))
+	else
+		echo "-- PostgreSQL $major: built with $clang, no warnings"
+	fi
+	make -C "$WORK_IN" -s PG_CONFIG="$PGC" clean >/dev/null 2>&1
 }
 
 # The major each chroot major is upgraded from (test/t/019_pg_upgrade.pl),
 # and where each major built in this run lives ('' on the host).  The test
 # skips itself, saying so, when pg_upgrade between the two packages fails
 # for a plain table too (bookworm's 15.20 and trixie's 17.12 give every
-# column a pg_attver option that sid's 18.6 refuses).
+# column a pg_attver option that sid's 18.6 refuses, and RESET (pg_attver)
+# in the old cluster leaves it in place): it then counts as skipped.
 declare -A PREVIOUS=([17]=15 [18]=17)
 declare -A BUILT_ROOT=()
 
@@ -280,24 +317,35 @@ regress_results() {
 	res_f=$(grep -cE "$RESULT_FAILED" "$1")
 }
 
-# prove_results LOG: prove says "x.pl .. ok" for a passing script, but the
-# verdict on a failing one can land lines later, after its diagnostics:
-# count the scripts of "Files=N" and the failing ones its summary report
-# lists (one that only passed TODO tests is listed with status 0).
+# prove_results LOG: prove says "x.pl .. ok" for a passing script and
+# "x.pl .. skipped: why" for one that skipped itself, but the verdict on a
+# failing one can land lines later, after its diagnostics: count the scripts
+# of "Files=N", the failing ones its summary report lists (one that only
+# passed TODO tests is listed with status 0 and no parse error: not failed),
+# and the skipped ones that are not among them (a script that ran a test
+# before skipping itself is a failure).
 prove_results() {
-	local files
+	local files failing
 	grep -E '^test/t/\S+\.pl \.+ (ok|skipped)' "$1"
 	sed -n '/^Test Summary Report/,/^Files=/p' "$1"
 	files=$(sed -nE 's/^Files=([0-9]+),.*/\1/p' "$1")
-	res_f=$(grep -E '^test/t/\S+\.pl +\(Wstat: ' "$1" | grep -cvE 'Wstat: 0 .*Failed: 0\)')
-	res_p=$((${files:-0} - res_f))
+	failing=$(awk '
+		/^Test Summary Report/ { report = 1 }
+		report && /^test\/t\/[^ ]+\.pl +\(Wstat: / { name = $1; bad[name] = ($0 !~ /Wstat: 0 .*Failed: 0\)/) }
+		report && /^  Parse errors:/ { bad[name] = 1 }
+		/^Files=/ { report = 0 }
+		END { for (n in bad) if (bad[n]) print n }' "$1")
+	res_f=$(grep -c . <<<"$failing")
+	res_s=$(sed -nE 's/^(test\/t\/\S+\.pl) \.+ skipped.*/\1/p' "$1" | grep -cvxF -e "${failing:-/}")
+	res_p=$((${files:-0} - res_f - res_s))
 }
 
 # run_suite NAME TARGET COUNTER: run a make target as postgres, show and
-# count its results with COUNTER; a suite that fails without saying which
-# test failed counts as one failure.
+# count its results with COUNTER (which sets res_p, res_f and, for TAP,
+# res_s); a suite that fails without saying which test failed counts as one
+# failure.
 run_suite() {
-	local name=$1 target=$2 counter=$3 log="$WORK/$1.log" rc t0=$SECONDS res_p res_f
+	local name=$1 target=$2 counter=$3 log="$WORK/$1.log" rc t0=$SECONDS res_p res_f res_s=0
 	echo "== $name"
 	"${AS_POSTGRES[@]}" make -C "$WORK_IN" -s PG_CONFIG="$PGC" ${PROVE_FLAGS:+PROVE_FLAGS="$PROVE_FLAGS"} \
 		${PROVE_TESTS:+PROVE_TESTS="$PROVE_TESTS"} \
@@ -308,8 +356,9 @@ run_suite() {
 		((res_f == 0)) && res_f=1
 		show_failure "$name" "$log"
 	fi
-	echo "-- $name: $res_p passed, $res_f failed ($((SECONDS - t0)) s)"
+	echo "-- $name: $res_p passed, $res_s skipped, $res_f failed ($((SECONDS - t0)) s)"
 	major_passed=$((major_passed + res_p))
+	major_skipped=$((major_skipped + res_s))
 	major_failed=$((major_failed + res_f))
 }
 
@@ -332,14 +381,16 @@ run_contrib() {
 
 # run_major MAJOR: build and every suite on one major; adds to the totals.
 run_major() {
-	local major=$1 where t0=$SECONDS major_passed=0 major_failed=0
+	local major=$1 where t0=$SECONDS major_passed=0 major_skipped=0 major_failed=0 build_failed=0
 	if on_host "$major"; then where="host"; else where="chroot: $(chroot_suite "$major")"; fi
 	echo
 	echo "======== PostgreSQL $major ($where)"
 	if on_host "$major"; then prepare_host "$major"; else prepare_chroot "$major"; fi ||
 		{ fail_major "$major" "could not prepare its $where"; return; }
 	copy_tree || { fail_major "$major" "could not copy the tree"; return; }
+	on_host "$major" && clang_build "$major"
 	build_install "$major" || { fail_major "$major" "build FAILED"; return; }
+	major_failed=$((major_failed + build_failed))
 	echo "-- built with $("${AS_ROOT[@]}" "$PGC" --version)"
 	BUILT_ROOT[$major]=$ROOT
 	[[ -z $ROOT ]] || provide_previous "$major" ||
@@ -350,8 +401,9 @@ run_major() {
 	[[ -n $ROOT || -n ${PROVE_TESTS:-} ]] || run_contrib
 	finish_major "$major"
 	passed=$((passed + major_passed))
+	skipped=$((skipped + major_skipped))
 	failed=$((failed + major_failed))
-	summary+=("PostgreSQL $major: $major_passed passed, $major_failed failed ($((SECONDS - t0)) s)")
+	summary+=("PostgreSQL $major: $major_passed passed, $major_skipped skipped, $major_failed failed ($((SECONDS - t0)) s)")
 	echo "======== ${summary[-1]}"
 }
 
@@ -399,7 +451,7 @@ if ((EUID != 0)); then
 fi
 majors=$(plan) || exit 2
 # shellcheck disable=SC2086 # a list of major versions
-host_setup $majors || { echo "0 passed, 1 failed"; exit 1; }
+host_setup $majors || { echo "0 passed, 0 skipped, 1 failed"; exit 1; }
 t_all=$SECONDS
 for major in $majors; do
 	run_major "$major"
@@ -408,5 +460,5 @@ done
 echo
 printf '%s\n' "${summary[@]}"
 echo "total time $((SECONDS - t_all)) s"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $skipped skipped, $failed failed"
 ((failed == 0))

@@ -4,6 +4,11 @@
 # stop, or a backend killed so that the postmaster reinitialises shared
 # memory) the cache starts empty: committed tokens work, revoked ones stay
 # dead, and only the uses not yet flushed are lost, as documented.
+#
+# Files the server reads at its start and cannot use: a last-use file of
+# another version is refused (logged, removed, nothing applied); a short or
+# corrupt sealing key is logged, left as it is, and share-mode logins fail
+# with its error while every other token works.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -42,6 +47,20 @@ sub file_gone
 	return -e $name ? 'present' : 'absent';
 }
 
+# log_shows(OFFSET, RE): whether the log after OFFSET matches RE within 30 s
+sub log_shows
+{
+	my ($offset, $re) = @_;
+	my $deadline = time + 30;
+
+	while (TokenstoreTest::log_since($node, $offset) !~ $re)
+	{
+		return 0 if time > $deadline;
+		usleep(100_000);
+	}
+	return 1;
+}
+
 TokenstoreTest::wait_for($node, $db, sprintf($stats, 'last_flush IS NOT NULL'),
 	't', 'the first worker ran after CREATE EXTENSION');
 
@@ -69,6 +88,64 @@ is(file_gone($dump), 'absent', 'and the file goes');
 is($node->safe_psql($db, sprintf($stats, 'entries')), '0', 'the cache starts empty');
 is(user_of($alice), 'alice', 'the token works after the restart');
 is(user_of($revoked), 'dead', 'the revoked token stays dead');
+
+# ---- a last-use file of another version ----
+my $fred = $node->safe_psql($db, "SELECT tokenstore.token_make('fred')");
+$stored = last_used($fred);
+is(user_of($fred), 'fred', 'a check, cached');
+$node->stop;
+ok(-e $dump, 'a clean shutdown saves its use');
+# The header: magic, version, record size (uint32 each, native order).
+open(my $fh, '+<', $dump) or die "open $dump: $!";
+binmode $fh;
+seek($fh, 4, 0) or die "seek: $!";
+print $fh pack('L', 99) or die "write: $!";
+close($fh) or die "close: $!";
+$offset = -s $node->logfile;
+$node->start;
+ok(log_shows($offset,
+		qr/LOG:  tokenstore ignores "tokenstore.last_used": it was not written by this version of tokenstore/),
+	'a last-use file of version 99 is refused with a log line');
+is(file_gone($dump), 'absent', 'and removed');
+is(last_used($fred), $stored, 'no stored last use changed');
+is(user_of($fred), 'fred', 'the token works');
+
+# ---- a sealing key file that cannot be used ----
+my $key = $node->data_dir . '/tokenstore.key';
+my $shared = $node->safe_psql($db, "SELECT tokenstore.token_make('sam', mode => 'share')");
+my $key_text = slurp_file($key);
+foreach my $bad ([ short => substr($key_text, 0, 40) ],
+	[ corrupt => $key_text =~ s/[0-9a-f](?=\n$)/z/r ])
+{
+	my ($kind, $text) = @$bad;
+	$node->stop;
+	open(my $out, '>', $key) or die "open $key: $!";
+	print $out $text or die "write: $!";
+	close($out) or die "close: $!";
+	$offset = -s $node->logfile;
+	$node->start;
+	my $refused = qr/tokenstore cannot use its sealing key "tokenstore.key": it is not a tokenstore key file of this version/;
+	ok(log_shows($offset, qr/ERROR:  $refused/), "a $kind key file: the start logs why");
+	my ($ret, $out_text, $err) = $node->psql($db,
+		"\\set VERBOSITY verbose\nSELECT tokenstore.token_make('sam', mode => 'share')");
+	ok($ret != 0 && $err =~ /ERROR:  F0000: $refused/,
+		"a $kind key file: a share-mode login fails with that error")
+	  or diag("ret $ret, out $out_text, err $err");
+	is(user_of($alice) . ' ' . user_of($shared), 'alice sam',
+		"a $kind key file: tokens still check");
+	like($node->safe_psql($db, "SELECT tokenstore.token_make('tom')"), qr/^tks_/,
+		"a $kind key file: other logins work");
+	is(slurp_file($key), $text, "a $kind key file is left as it was");
+	unlike(TokenstoreTest::log_since($node, $offset), qr/"tokenstore launcher".* exited/,
+		"a $kind key file: the launcher goes on");
+}
+$node->stop;
+open(my $good, '>', $key) or die "open $key: $!";
+print $good $key_text or die "write: $!";
+close($good) or die "close: $!";
+$node->start;
+is($node->safe_psql($db, "SELECT tokenstore.token_make('sam', mode => 'share')"),
+	$shared, 'the key restored: the shared token is handed out again');
 
 # ---- immediate stop ----
 my $bob = $node->safe_psql($db, "SELECT tokenstore.token_make('bob')");

@@ -5,10 +5,12 @@
 # folder, which goes on LD_LIBRARY_PATH for them) holds tokens of every
 # kind in two databases, uses in the cache and in the table; it is upgraded
 # to this major with pg_upgrade, following the README (tokenstore installed
-# for the new major first, $PGDATA/tokenstore.key copied into the new data
-# directory).  Afterwards every token answers with the same user and
-# deadline, share-mode logins hand out the same tokens, and the worker and
-# the cache run.
+# for the new major first; after pg_upgrade, $PGDATA/tokenstore.key and the
+# last uses saved at shutdown, $PGDATA/tokenstore.last_used, copied into the
+# new data directory).  Afterwards every token answers with the same user
+# and deadline, share-mode logins hand out the same tokens, a use the old
+# server saved at shutdown reaches the new table, and the worker and the
+# cache run.
 use strict;
 use warnings;
 use File::Copy ();
@@ -76,6 +78,12 @@ $old->safe_psql('postgres', 'CREATE DATABASE second');
 my %token;
 my $state = "tokenstore.token_user(t) || (SELECT format('|%s|%s|%s|%s', created_at, expires_at, idle_timeout, share_secret IS NOT NULL) FROM tokenstore.token WHERE token_hash = sha256(convert_to(t, 'UTF8')))";
 my %before;
+# the query of a token's last use in the table; its value before the stop, per database
+sub last_use
+{
+	return "SELECT last_used_at FROM tokenstore.token WHERE token_hash = sha256(convert_to('$_[0]', 'UTF8'))";
+}
+my %flushed;
 foreach my $db (@dbs)
 {
 	$old->safe_psql($db, 'CREATE EXTENSION tokenstore');
@@ -92,6 +100,7 @@ foreach my $db (@dbs)
 	}
 	$old->safe_psql($db, "SELECT tokenstore.token_user('$token{$db}{idle}')");
 	$old->safe_psql($db, 'SELECT tokenstore.token_flush()');
+	$flushed{$db} = $old->safe_psql($db, last_use($token{$db}{multi}));
 	$old->safe_psql($db, "SELECT tokenstore.token_user('$token{$db}{multi}')");
 	$before{$db}{$_} = $old->safe_psql($db,
 		"SELECT $state FROM (SELECT '$token{$db}{$_}'::text AS t) s")
@@ -99,13 +108,12 @@ foreach my $db (@dbs)
 }
 my $old_version = $old->safe_psql('postgres', 'SHOW server_version_num');
 $old->stop;
+# (asserted once the upgrade may no longer skip the whole script)
+my $saved = -e $old->data_dir . '/tokenstore.last_used';
 
 my $new = new_cluster('new');
 $new->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'tokenstore'\ntokenstore.flush_interval = '200ms'\n");
-File::Copy::copy($old->data_dir . '/tokenstore.key', $new->data_dir . '/tokenstore.key')
-  or die "could not copy the sealing key: $!";
-chmod 0600, $new->data_dir . '/tokenstore.key';
 
 my $workdir = PostgreSQL::Test::Utils::tempdir('pg_upgrade');
 chdir $workdir;
@@ -115,6 +123,18 @@ plan skip_all => "pg_upgrade from $old_version fails for a cluster of one plain 
   if !$upgraded && !plain_upgrade_works($old_install);
 ok($upgraded, "pg_upgrade from $old_version")
   or die "pg_upgrade failed: nothing to check after it";
+ok($saved, 'the old server had saved the uses only its cache knew of');
+# The README's step after pg_upgrade: the key (replacing any the new
+# server made) and the saved last uses, when pg_upgrade's start of the old
+# server did not apply them already.
+foreach my $file ('tokenstore.key', 'tokenstore.last_used')
+{
+	my $from = $old->data_dir . "/$file";
+	next if $file eq 'tokenstore.last_used' && !-e $from;
+	File::Copy::copy($from, $new->data_dir . "/$file")
+	  or die "could not copy $file: $!";
+	chmod 0600, $new->data_dir . "/$file";
+}
 $new->start;
 
 foreach my $db (@dbs)
@@ -124,6 +144,9 @@ foreach my $db (@dbs)
 		is($new->safe_psql($db, "SELECT $state FROM (SELECT '$token{$db}{$name}'::text AS t) s"),
 			$before{$db}{$name}, "$db: token '$name' answers with the same user and deadline");
 	}
+	ok($new->poll_query_until($db,
+			'SELECT (' . last_use($token{$db}{multi}) . ") > '$flushed{$db}'"),
+		"$db: the use the old server saved at shutdown reaches the table");
 	is($new->safe_psql($db, "SELECT tokenstore.token_make('cat', mode => 'share')"),
 		$token{$db}{share}, "$db: the shared token is handed out again (the key file was copied)");
 	is($new->safe_psql($db, "SELECT tokenstore.token_user(tokenstore.token_make('gus'))"),
