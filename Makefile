@@ -22,7 +22,11 @@ OBJS = src/tokenstore.o src/api.o src/token.o src/store.o src/event.o \
 	src/cache.o src/xact.o src/registry.o src/worker.o src/fanout.o \
 	src/redis_client.o src/redis_publisher.o src/redis_resync.o \
 	src/standby.o src/sender.o
-DATA_built = tokenstore--$(EXTVERSION).sql tokenstore.control
+# The scripts that install or take over schema tokenstore are built from
+# extension/*.in and extension/tokenstore.sql, with the schema check
+# (extension/schema_check.sql) in place of their line @SCHEMA_CHECK@.
+DATA_built = tokenstore--$(EXTVERSION).sql tokenstore--1.0.sql \
+	tokenstore--1.0--1.1.sql tokenstore.control
 DATA = $(wildcard extension/tokenstore--*.sql)
 PGFILEDESC = "tokenstore - session and API-token store"
 
@@ -43,7 +47,7 @@ REGRESS = setup install make check list modes expiry revoke rotate errors \
 
 # isolation: test/isolation/specs and test/isolation/expected
 ISOLATION = login_limit revoke_visibility notify cache_visibility \
-	cache_fill_race session_save cache_data
+	cache_fill_race session_save cache_data forged_event
 ISOLATION_OPTS = --temp-instance=tmp_isolation \
 	--temp-config=test/tokenstore.conf --inputdir=test/isolation \
 	--outputdir=output_iso
@@ -68,8 +72,11 @@ ifneq ($(PGXS),)
 include $(PGXS)
 PG_PROVE_FLAGS += -I $(srcdir)/test/perl
 
-tokenstore--$(EXTVERSION).sql: extension/tokenstore.sql
-	cp $< $@
+schema_check = sed -e '/^@SCHEMA_CHECK@$$/{' -e 'r $(word 2,$^)' -e 'd' -e '}' $< >$@
+tokenstore--$(EXTVERSION).sql: extension/tokenstore.sql extension/schema_check.sql
+	$(schema_check)
+tokenstore--%.sql: extension/tokenstore--%.sql.in extension/schema_check.sql
+	$(schema_check)
 
 tokenstore.control: tokenstore.control.in Makefile
 	sed 's/@EXTVERSION@/$(EXTVERSION)/' $< >$@

@@ -22,51 +22,7 @@
 
 \echo Use "CREATE EXTENSION tokenstore" to load this file. \quit
 
-/*
- * Schema tokenstore must be ours: created for this extension by the role
- * installing it (PostgreSQL creates it when missing), and empty.  A schema
- * that another role made first could hold look-alike functions and
- * operators, or let that role add some later.
- */
-DO $check$
-DECLARE
-	owner_ok boolean;
-	foreign_acl boolean;
-	objects bigint;
-BEGIN
-	SELECT n.nspowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r
-											  WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER),
-		   EXISTS (SELECT FROM pg_catalog.aclexplode(n.nspacl) a
-					WHERE a.grantee OPERATOR(pg_catalog.<>) n.nspowner
-					  AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')
-	  INTO owner_ok, foreign_acl
-	  FROM pg_catalog.pg_namespace n
-	 WHERE n.nspname OPERATOR(pg_catalog.=) 'tokenstore';
-	SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c
-			 WHERE c.relnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_proc p
-			 WHERE p.pronamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_type t
-			 WHERE t.typnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_operator o
-			 WHERE o.oprnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_collation c
-			 WHERE c.collnamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-		 OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM pg_catalog.pg_conversion c
-			 WHERE c.connamespace OPERATOR(pg_catalog.=) 'tokenstore'::pg_catalog.regnamespace)
-	  INTO objects;
-	IF NOT owner_ok OR foreign_acl OR objects OPERATOR(pg_catalog.>) 0 THEN
-		RAISE EXCEPTION USING
-			ERRCODE = 'insufficient_privilege',
-			MESSAGE = 'tokenstore must be installed into a schema tokenstore of its own',
-			DETAIL = pg_catalog.format('Schema tokenstore %s.',
-				CASE WHEN NOT owner_ok THEN 'belongs to another role than the one installing'
-					 WHEN foreign_acl THEN 'lets other roles create objects in it'
-					 ELSE 'already holds ' OPERATOR(pg_catalog.||) objects OPERATOR(pg_catalog.||) ' objects' END),
-			HINT = 'Drop or rename that schema (after checking what it holds), then run CREATE EXTENSION tokenstore again: it creates the schema itself.';
-	END IF;
-END
-$check$;
+@SCHEMA_CHECK@
 
 CREATE SCHEMA tokenstore_internal;
 COMMENT ON SCHEMA tokenstore_internal IS

@@ -19,8 +19,20 @@ SELECT tokenstore.token_make('err', idle_timeout => '-1 hour');
 SELECT tokenstore.token_rotate('whatever-token-1', grace => '-1 second');
 SELECT tokenstore.token_save('session-id-12345678', NULL, NULL, '10000-01-01');
 SELECT tokenstore.token_save('session-id-12345678', NULL, NULL, NULL, '-1 s');
--- (the message of an out-of-range setting varies by version: its code does not)
-SELECT sqlstate_of('SET tokenstore.default_ttl = -1') AS negative_default_ttl;
+-- settings: a refusal names the setting and what it takes, never the value;
+-- a duration over its bound (2147483647 seconds, about 68 years) is 22008
+SET tokenstore.default_ttl = -1;
+SET tokenstore.default_ttl = 'thirty days';
+SET tokenstore.default_ttl = '70 years';
+SET tokenstore.default_idle_timeout = '3000000000';
+SET tokenstore.default_idle_timeout = '2147483648s';
+SELECT set_config('tokenstore.default_idle_timeout', repeat('9', 1000000), false);
+SELECT set_config('tokenstore.default_ttl', repeat('x', 1000000), false);
+SET tokenstore.default_ttl = 2147483647;
+SHOW tokenstore.default_ttl;
+RESET tokenstore.default_ttl;
+ALTER SYSTEM SET tokenstore.token_prefix = 'a-prefix-too-long';
+ALTER SYSTEM SET tokenstore.token_prefix = 'tks.';
 -- modes and limits
 SELECT tokenstore.token_make('err', mode => 'double');
 SELECT tokenstore.token_make('err', mode => 'Single');
@@ -39,6 +51,9 @@ SELECT tokenstore.token_delete_id(repeat('g', 32));
 SELECT tokenstore.token_delete_id(repeat('x', 1000000));
 SELECT tokenstore.token_delete_id(tokenstore.token_make('err-echo'));
 SELECT tokenstore.token_make('err', mode => repeat('m', 1000000));
+SELECT tokenstore.token_make('err', mode => 'sixteen-byte-arg');
+SELECT tokenstore.token_make('err', mode => 'fifteen-byte-ar');
+SELECT tokenstore.token_make('err', mode => 'tks_AbC');
 SELECT tokenstore.token_delete_user('err-echo');
 -- deadlines past the year 9999, or beyond what a timestamp holds: refused
 -- (a stored one would break every later deadline computation)
@@ -73,7 +88,11 @@ SELECT stmt, sqlstate_of(stmt) FROM (VALUES
 	('SELECT tokenstore.token_save(NULL, NULL, NULL, NULL)'),
 	('SELECT tokenstore.token_save(''session-id-12345678'', NULL, NULL, ''10000-01-01'')'),
 	('SELECT tokenstore.token_save(''session-id-12345678'', NULL, NULL, NULL, ''-1 s'')'),
-	('SELECT tokenstore.token_rotate(''whatever-token-1'', new_token => ''short'')')
+	('SELECT tokenstore.token_rotate(''whatever-token-1'', new_token => ''short'')'),
+	('SET tokenstore.default_ttl = ''thirty days'''),
+	('SET tokenstore.default_ttl = -1'),
+	('SET tokenstore.default_ttl = ''70 years'''),
+	('SET tokenstore.default_idle_timeout = ''3000000000''')
 ) AS s(stmt);
 
 -- nothing was made for the failed calls

@@ -1,7 +1,9 @@
 -- CREATE EXTENSION installs only into a schema tokenstore of its own: one
 -- that another role created first (and could have filled with look-alike
 -- functions, run as the superuser installing) is refused, and nothing of it
--- runs.  Every built-in the install script calls is qualified.
+-- runs.  Every built-in the install script calls is qualified.  The same
+-- check (extension/schema_check.sql) guards the 1.0 script and the update
+-- from 1.0.
 \set SHOW_CONTEXT never
 SELECT current_database() AS regress_db, current_user AS admin \gset
 CREATE ROLE tokenstore_mallory LOGIN;
@@ -52,13 +54,38 @@ SELECT has_schema_privilege('public', 'tokenstore', 'USAGE') AS public_usage,
 DROP EXTENSION tokenstore;
 DROP SCHEMA tokenstore;
 
--- version 1.0, kept for updates, has no such check, but its built-ins are
--- qualified: the trap is never sprung
+-- version 1.0, kept for updates and still installable, refuses the trap
+-- too (with its built-ins and operators qualified, it would not spring it)
 \c tokenstore_install tokenstore_mallory
 CALL public.lay_trap();
 \c tokenstore_install :admin
 CREATE EXTENSION tokenstore VERSION '1.0';
 SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'tokenstore_mallory';
+SELECT count(*) AS installed FROM pg_extension WHERE extname = 'tokenstore';
+DROP SCHEMA tokenstore CASCADE;
+
+-- the update from 1.0 checks again: a schema that another role came to own
+-- or to write to since, or that holds a look-alike, is refused before the
+-- update changes anything
+CREATE EXTENSION tokenstore VERSION '1.0';
+GRANT CREATE ON SCHEMA tokenstore TO tokenstore_mallory;
+ALTER EXTENSION tokenstore UPDATE;
+REVOKE CREATE ON SCHEMA tokenstore FROM tokenstore_mallory;
+ALTER SCHEMA tokenstore OWNER TO tokenstore_mallory;
+ALTER EXTENSION tokenstore UPDATE;
+\c tokenstore_install tokenstore_mallory
+CREATE FUNCTION tokenstore.token_check(varchar) RETURNS text LANGUAGE sql AS 'SELECT NULL';
+\c tokenstore_install :admin
+ALTER SCHEMA tokenstore OWNER TO :"admin";
+ALTER EXTENSION tokenstore UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'tokenstore';
+-- once the look-alike is gone, the update goes through
+DROP FUNCTION tokenstore.token_check(varchar);
+ALTER EXTENSION tokenstore UPDATE;
+SELECT extversion = (SELECT default_version FROM pg_available_extensions WHERE name = 'tokenstore')
+	AS updated
+  FROM pg_extension WHERE extname = 'tokenstore';
+DROP EXTENSION tokenstore;
 
 \c :regress_db :admin
 DROP DATABASE tokenstore_install;

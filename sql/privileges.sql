@@ -145,3 +145,61 @@ SELECT tokenstore.token_delete_user('admin');
 DROP SCHEMA evil CASCADE;
 DROP OWNED BY tokenstore_app, tokenstore_checker;
 DROP ROLE tokenstore_nobody, tokenstore_app, tokenstore_checker, tokenstore_watcher;
+
+-- Every function and view, as each role without the application's grants:
+-- one without grants gets 42501 from all of them; a monitoring role reads
+-- the views alone (the helpers they call stay out of its reach); a checker
+-- may check and nothing else.
+CREATE ROLE tokenstore_nogrant;
+CREATE ROLE tokenstore_gateway;
+CREATE ROLE tokenstore_monitor IN ROLE pg_monitor;
+GRANT USAGE ON SCHEMA tokenstore TO tokenstore_gateway;
+GRANT EXECUTE ON FUNCTION tokenstore.token_user(text), tokenstore.token_check(text)
+	TO tokenstore_gateway;
+SELECT tokenstore.token_make('every-call', ttl => '1 hour') AS target \gset
+SELECT tokenstore.token_save('every-call-session', 'every-call', 'd', now() + interval '1 hour');
+SELECT token_id AS target_id FROM tokenstore.token_list('every-call') LIMIT 1 \gset
+CREATE FUNCTION every_call(token text, token_id text)
+	RETURNS TABLE (what text, stmt text) LANGUAGE sql AS $$
+	VALUES
+	('token_make', 'SELECT tokenstore.token_make(''every-call'')'),
+	('token_user', format('SELECT tokenstore.token_user(%L)', token)),
+	('token_check', format('SELECT * FROM tokenstore.token_check(%L)', token)),
+	('token_list', 'SELECT * FROM tokenstore.token_list(''every-call'')'),
+	('token_refresh', format('SELECT tokenstore.token_refresh(%L, ''1 day'')', token)),
+	('token_set_info', format('SELECT tokenstore.token_set_info(%L, ''{}'')', token)),
+	('token_delete', format('SELECT tokenstore.token_delete(%L)', token)),
+	('token_delete_id', format('SELECT tokenstore.token_delete_id(%L)', token_id)),
+	('token_delete_user', 'SELECT tokenstore.token_delete_user(''every-call'')'),
+	('token_rotate', format('SELECT tokenstore.token_rotate(%L)', token)),
+	('token_save', 'SELECT tokenstore.token_save(''every-call-session'', NULL, ''x'', NULL)'),
+	('token_data', 'SELECT tokenstore.token_data(''every-call-session'')'),
+	('token_touch', 'SELECT tokenstore.token_touch(''every-call-session'')'),
+	('token_sessions', 'SELECT * FROM tokenstore.token_sessions()'),
+	('token_delete_sessions', 'SELECT tokenstore.token_delete_sessions()'),
+	('token_sweep', 'SELECT tokenstore.token_sweep()'),
+	('token_flush', 'SELECT tokenstore.token_flush()'),
+	('view stats', 'SELECT count(*) FROM tokenstore.stats'),
+	('view redis_stats', 'SELECT count(*) FROM tokenstore.redis_stats'),
+	('table token', 'SELECT count(*) FROM tokenstore.token'),
+	('internal last_used', 'SELECT tokenstore_internal.last_used(''\x00'', now())'),
+	('internal token_stats', 'SELECT * FROM tokenstore_internal.token_stats()'),
+	('internal token_redis_stats', 'SELECT * FROM tokenstore_internal.token_redis_stats()'),
+	('internal token_standby_state', 'SELECT * FROM tokenstore_internal.token_standby_state()'),
+	('internal token_record_uses', 'SELECT tokenstore_internal.token_record_uses(''{}'', ''{}'')')
+$$;
+SET ROLE tokenstore_nogrant;
+SELECT what, sqlstate_of(stmt) AS nogrant FROM every_call(:'target', :'target_id');
+SET ROLE tokenstore_monitor;
+SELECT what, sqlstate_of(stmt) AS monitor FROM every_call(:'target', :'target_id');
+SET ROLE tokenstore_gateway;
+SELECT what, sqlstate_of(stmt) AS checker FROM every_call(:'target', :'target_id');
+RESET ROLE;
+-- none of it changed anything
+SELECT user_id, expires_at - created_at AS ttl, info FROM tokenstore.token_check(:'target');
+SELECT tokenstore.token_data('every-call-session') AS session_data;
+SELECT count(*) AS every_call_tokens FROM tokenstore.token WHERE user_id = 'every-call';
+SELECT tokenstore.token_delete_user('every-call');
+DROP FUNCTION every_call(text, text);
+DROP OWNED BY tokenstore_gateway;
+DROP ROLE tokenstore_nogrant, tokenstore_gateway, tokenstore_monitor;

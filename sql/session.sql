@@ -227,3 +227,21 @@ SELECT tokenstore.token_data(NULL) IS NULL AS null_data, tokenstore.token_touch(
 SELECT tokenstore.token_delete_user('none-user'), tokenstore.token_delete_user('dead-at-once'),
 	   tokenstore.token_delete_user('alice'), tokenstore.token_delete_user('bob'),
 	   tokenstore.token_delete_user('carol'), tokenstore.token_delete_user('dave');
+
+-- a session in a rotation's grace keeps its final deadline: a save of its
+-- old id is refused (23505, whoever saves it) and changes nothing
+SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', 'erin', '\x01', now() + interval '1 day') AS created;
+SELECT tokenstore.token_rotate('session-id-gggggggggggggggggggg', grace => '1 minute',
+							   new_token => 'session-id-hhhhhhhhhhhhhhhhhhhh') AS rotated;
+SELECT expires_at AS grace_deadline
+  FROM tokenstore.token WHERE token_hash = sha256('session-id-gggggggggggggggggggg') \gset
+SELECT :'grace_deadline'::timestamptz <= now() + interval '1 minute' AS within_grace;
+SELECT sqlstate_of($$SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', 'erin', '\x02', now() + interval '1 day')$$)
+	AS save_in_grace,
+	   sqlstate_of($$SELECT tokenstore.token_save('session-id-gggggggggggggggggggg', NULL, '\x03', 'infinity')$$)
+	AS anonymous_save_in_grace;
+SELECT expires_at = :'grace_deadline' AS deadline_unchanged, rotated_at IS NOT NULL AS still_rotated
+  FROM tokenstore.token WHERE token_hash = sha256('session-id-gggggggggggggggggggg');
+SELECT tokenstore.token_data('session-id-gggggggggggggggggggg') AS old_data,
+	   tokenstore.token_data('session-id-hhhhhhhhhhhhhhhhhhhh') AS new_data;
+SELECT tokenstore.token_delete_user('erin');

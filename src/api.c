@@ -43,8 +43,8 @@
 #include "xact.h"
 
 #define USER_ID_MAX_BYTES	CACHE_USER_ID_MAX
-/* the most of an argument an error message repeats */
-#define QUOTE_MAX			32
+/* the longest argument an error message repeats: shorter than any token */
+#define QUOTE_MAX			(TOKEN_MIN_LEN - 1)
 /* the advisory lock tokenstore.debug_hold_fill takes (tests only) */
 #define HOLD_FILL_LOCK		7370
 /* 365.25 / 12 days: a month, when only the order of magnitude matters */
@@ -77,21 +77,23 @@ PG_FUNCTION_INFO_V1(token_standby_state);
 /* ---- arguments ---- */
 
 /*
- * At most QUOTE_MAX bytes of a value, cut at a character boundary, for an
- * error message: a huge argument must not flood the log.  Never called for
- * anything that may be a token.
+ * A value an error message may repeat, or NULL: only one shorter than the
+ * shortest token a caller may give and not starting with the token prefix,
+ * so that neither a huge argument nor a token passed in the wrong place (or
+ * a piece of one) reaches the log.
  */
-static char *
-quote_prefix(text *t)
+static const char *
+quotable(text *t)
 {
-	const char *s = VARDATA_ANY(t);
 	int			len = VARSIZE_ANY_EXHDR(t);
-	int			cut;
+	size_t		prefix_len = strlen(tokenstore_token_prefix);
 
-	if (len <= QUOTE_MAX)
-		return text_to_cstring(t);
-	cut = pg_mbcliplen(s, len, QUOTE_MAX);
-	return psprintf("%.*s...", cut, s);
+	if (len > QUOTE_MAX)
+		return NULL;
+	if (prefix_len > 0 && (size_t) len >= prefix_len &&
+		memcmp(VARDATA_ANY(t), tokenstore_token_prefix, prefix_len) == 0)
+		return NULL;
+	return text_to_cstring(t);
 }
 
 /* A user id, or NULL where none is allowed (a session's). */
@@ -361,11 +363,18 @@ arg_mode(FunctionCallInfo fcinfo, int argno)
 		return (LoginMode) tokenstore_login_mode;
 	name = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 	if (!login_mode_parse(name, &mode))
+	{
+		const char *quoted = quotable(PG_GETARG_TEXT_PP(argno));
+
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown login mode \"%s\"",
-						quote_prefix(PG_GETARG_TEXT_PP(argno))),
+				 quoted ? errmsg("unknown login mode \"%s\"", quoted) :
+				 errmsg("unknown login mode"),
+				 quoted ? 0 :
+				 errdetail("The value given has %zu bytes; it is not shown, since it may be a token.",
+						   strlen(name)),
 				 errhint("The login modes are multi, single and share.")));
+	}
 	return mode;
 }
 

@@ -95,16 +95,22 @@ login_mode_parse(const char *name, LoginMode *mode)
 	return false;
 }
 
-/* A prefix must survive URLs and headers untouched: [A-Za-z0-9_-]{0,16}. */
+/*
+ * A prefix must survive URLs and headers untouched: [A-Za-z0-9_-]{0,16}.
+ * Each refusal sets its own message: PostgreSQL's default one repeats the
+ * whole value, which may be huge (or a token) and would reach the log.
+ */
 static bool
 check_token_prefix(char **newval, void **extra, GucSource source)
 {
 	const char *p;
+	size_t		len = strlen(*newval);
 
-	if (strlen(*newval) > TOKEN_PREFIX_MAX)
+	if (len > TOKEN_PREFIX_MAX)
 	{
-		GUC_check_errdetail("The prefix may have at most %d characters.",
-							TOKEN_PREFIX_MAX);
+		GUC_check_errmsg("tokenstore.token_prefix is too long");
+		GUC_check_errdetail("The prefix may have at most %d characters; the value given has %zu bytes.",
+							TOKEN_PREFIX_MAX, len);
 		return false;
 	}
 	for (p = *newval; *p; p++)
@@ -112,6 +118,7 @@ check_token_prefix(char **newval, void **extra, GucSource source)
 		if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
 			  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
 		{
+			GUC_check_errmsg("invalid value for parameter \"tokenstore.token_prefix\"");
 			GUC_check_errdetail("The prefix may contain only letters, digits, \"_\" and \"-\".");
 			return false;
 		}
@@ -121,11 +128,11 @@ check_token_prefix(char **newval, void **extra, GucSource source)
 
 /*
  * A duration in interval syntax ('30 days', '1 hour 30 minutes'), in whole
- * seconds (months count 30 days); false if it is not one, or negative, or
- * more than INT_MAX seconds.
+ * seconds (months count 30 days); false if it is not one.  A duration
+ * beyond what int64 holds comes out as PG_INT64_MAX (or MIN): out of range.
  */
 static bool
-parse_interval_seconds(const char *value, int *seconds)
+parse_interval_seconds(const char *value, int64 *seconds)
 {
 	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
 	char	   *field[MAXDATEFIELDS];
@@ -134,7 +141,6 @@ parse_interval_seconds(const char *value, int *seconds)
 	int			dtype;
 	struct pg_itm_in itm;
 	int64		days;
-	int64		total;
 
 	if (strlen(value) >= MAXDATELEN ||
 		ParseDateTime(value, workbuf, sizeof(workbuf), field, ftype,
@@ -144,43 +150,73 @@ parse_interval_seconds(const char *value, int *seconds)
 		return false;
 	days = ((int64) itm.tm_year * MONTHS_PER_YEAR + itm.tm_mon) * DAYS_PER_MONTH +
 		itm.tm_mday;
-	if (pg_mul_s64_overflow(days, SECS_PER_DAY, &total) ||
-		pg_add_s64_overflow(total, itm.tm_usec / USECS_PER_SEC, &total))
-		return false;
-	if (total < 0 || total > INT_MAX)
-		return false;
-	*seconds = (int) total;
+	if (pg_mul_s64_overflow(days, SECS_PER_DAY, seconds) ||
+		pg_add_s64_overflow(*seconds, itm.tm_usec / USECS_PER_SEC, seconds))
+		*seconds = (days < 0) ? PG_INT64_MIN : PG_INT64_MAX;
 	return true;
 }
 
 /*
  * A duration setting: what a setting in seconds takes ('3600', '30d',
- * '12h') or interval syntax ('30 days'); 0 means none.  The seconds go to
- * the assign hook as the extra.
+ * '12h') or interval syntax ('30 days'), from 0 (none) to DURATION_MAX
+ * seconds.  The seconds go to the assign hook as the extra.  Every refusal
+ * has a message of its own that names the setting and never repeats the
+ * value (PostgreSQL's default message would, whatever its size); one over
+ * the bound is SQLSTATE 22008, as an interval argument out of range is.
  */
+#define DURATION_MAX	INT_MAX
+
 static bool
-check_duration(char **newval, void **extra, GucSource source)
+check_duration(const char *name, char **newval, void **extra)
 {
-	int			seconds;
+	int			ival;
+	int64		seconds;
 	int		   *result;
 
-	if (!parse_int(*newval, &seconds, GUC_UNIT_S, NULL) &&
-		!parse_interval_seconds(*newval, &seconds))
+	if (parse_int(*newval, &ival, GUC_UNIT_S, NULL))
+		seconds = ival;
+	else if (!parse_interval_seconds(*newval, &seconds))
 	{
-		GUC_check_errdetail("A duration is an interval such as '30 days' or '1 hour', or seconds, from 0 (none) to 68 years.");
+		GUC_check_errmsg("invalid value for parameter \"%s\"", name);
+		GUC_check_errdetail("A duration is an interval such as '30 days' or '1 hour', or seconds.");
 		return false;
 	}
 	if (seconds < 0)
 	{
+		GUC_check_errmsg("invalid value for parameter \"%s\"", name);
 		GUC_check_errdetail("A duration must not be negative; 0 means none.");
+		return false;
+	}
+	if (seconds > DURATION_MAX)
+	{
+		GUC_check_errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE);
+		GUC_check_errmsg("value of parameter \"%s\" is out of range", name);
+		GUC_check_errdetail("A duration may be at most %d seconds (about 68 years).",
+							DURATION_MAX);
 		return false;
 	}
 	result = guc_malloc(LOG, sizeof(int));
 	if (result == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
 		return false;
-	*result = seconds;
+	}
+	*result = (int) seconds;
 	*extra = result;
 	return true;
+}
+
+static bool
+check_default_ttl(char **newval, void **extra, GucSource source)
+{
+	return check_duration("tokenstore.default_ttl", newval, extra);
+}
+
+static bool
+check_default_idle_timeout(char **newval, void **extra, GucSource source)
+{
+	return check_duration("tokenstore.default_idle_timeout", newval, extra);
 }
 
 static void
@@ -362,14 +398,14 @@ _PG_init(void)
 							   &default_ttl_text,
 							   "30 days",
 							   PGC_USERSET, 0,
-							   check_duration, assign_default_ttl, NULL);
+							   check_default_ttl, assign_default_ttl, NULL);
 	DefineCustomStringVariable("tokenstore.default_idle_timeout",
 							   "Idle timeout of a token made without one, such as '2 hours' (0: none).",
 							   NULL,
 							   &default_idle_timeout_text,
 							   "0",
 							   PGC_USERSET, 0,
-							   check_duration, assign_default_idle_timeout, NULL);
+							   check_default_idle_timeout, assign_default_idle_timeout, NULL);
 	DefineCustomEnumVariable("tokenstore.login_mode",
 							 "Login mode of token_make calls that give none: multi, single or share.",
 							 NULL,

@@ -77,6 +77,29 @@ is($node->safe_psql($db,
 		"SELECT count(*) FROM tokenstore.token t WHERE t::text LIKE '%$token%' OR t::text LIKE '%caller-provided-token%'"),
 	'0', 'no row holds a token');
 
+# Refused values never reach the log: not a 1 MB setting (refused by a
+# check hook, whose message PostgreSQL would otherwise quote whole), not a
+# token passed as a login mode.  (The statements' own text is kept out of
+# the log, as above; the library is loaded first, since without the preload
+# a session knows the settings only from then on.)
+my $huge = "repeat('hugevalue', 120000)";
+my $loaded = "$quiet LOAD 'tokenstore';";
+for my $setting (qw(tokenstore.default_ttl tokenstore.default_idle_timeout))
+{
+	($ret, $out, $err) = $node->psql($db, "$loaded SELECT set_config('$setting', $huge, false)");
+	like($err, qr/invalid value for parameter "\Q$setting\E"/, "a 1 MB $setting is refused");
+	unlike($err, qr/hugevalue/, 'and the error does not repeat it');
+}
+($ret, $out, $err) = $node->psql($db,
+	"$loaded ALTER SYSTEM SET tokenstore.token_prefix = '" . ('hugevalue' x 120000) . "'");
+like($err, qr/tokenstore.token_prefix is too long/, 'a 1 MB token_prefix is refused');
+unlike($err, qr/hugevalue/, 'and the error does not repeat it');
+($ret, $out, $err) = $node->psql($db, "$loaded SELECT set_config('tokenstore.default_ttl', '$token', false)");
+like($err, qr/invalid value for parameter "tokenstore.default_ttl"/, 'a token as default_ttl is refused');
+($ret, $out, $err) = $node->psql($db, "$loaded SELECT tokenstore.token_make('bob', mode => '$token')");
+like($err, qr/unknown login mode\n/, 'a token passed as the login mode is refused');
+unlike($err, qr/\Q@{[substr($token, 4, 8)]}\E/, 'and the error shows no part of it');
+
 # Restart: committed tokens survive, revoked ones stay revoked.
 $node->safe_psql($db, "SELECT tokenstore.token_delete('caller-provided-token-0001')");
 $node->restart;
@@ -87,6 +110,10 @@ is($node->safe_psql($db,
 $node->stop;
 my $log = slurp_file($node->logfile);
 like($log, qr/token already exists/, 'the error reached the log');
-unlike($log, qr/caller-provided-token|\Q$token\E/, 'the log holds no token');
+like($log, qr/unknown login mode/, 'so did the refused login mode');
+like($log, qr/tokenstore.token_prefix is too long/, 'and the refused settings');
+unlike($log, qr/caller-provided-token|\Q$token\E|\Q@{[substr($token, 4, 8)]}\E/,
+	'the log holds no token, nor a piece of one');
+unlike($log, qr/hugevalue/, 'nor a refused setting');
 
 done_testing();
