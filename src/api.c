@@ -184,7 +184,7 @@ negative_idle_error(Interval *span)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("idle_timeout must not be negative"),
 			 errdetail("The value given is %s.", interval_text(span)),
-			 errhint("Pass 0 for no idle timeout, or NULL to use tokenstore.default_idle_timeout.")));
+			 errhint("Pass 0 for no idle timeout.")));
 }
 
 static void
