@@ -98,6 +98,27 @@
 	{BYTEAOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TIMESTAMPTZOID, \
 	INTERVALOID, BYTEAOID, BYTEAOID}
 
+/*
+ * The rows whose sweep_at, a lower bound of their deadline, is due (and
+ * match `filter`), the earliest first: the dead ones go; a live one
+ * (extended, or used since) gets its real deadline to be looked at then.
+ * Returns how many went and how many were put off.
+ */
+#define SWEEP_DUE(filter) \
+	"WITH due AS (" \
+	"  SELECT token_hash, " LIVE("$1") " AS live FROM tokenstore.token" \
+	"   WHERE sweep_at <= $1" filter \
+	"   ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)," \
+	" later AS (" \
+	"  UPDATE tokenstore.token t" \
+	"     SET sweep_at = least(t.expires_at," \
+	"          tokenstore_internal.last_used(t.token_hash, t.last_used_at) + t.idle_timeout)" \
+	"    FROM due WHERE t.token_hash = due.token_hash AND due.live RETURNING 1)," \
+	" gone AS (" \
+	"  DELETE FROM tokenstore.token t USING due" \
+	"   WHERE t.token_hash = due.token_hash AND NOT due.live RETURNING 1)" \
+	" SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM later)"
+
 typedef enum StoreStmt
 {
 	STMT_FIND,
@@ -127,6 +148,8 @@ typedef enum StoreStmt
 	STMT_FIND_DATA,
 	STMT_SESSIONS,
 	STMT_DELETE_SESSIONS,
+	STMT_SWEEP_AMONG,
+	STMT_SWEEP_KEYS,
 	STMT_COUNT
 } StoreStmt;
 
@@ -255,25 +278,17 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		"   ORDER BY idle_sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
-	/*
-	 * The rows whose sweep_at, a lower bound of their deadline, is due, the
-	 * earliest first: the dead ones go; a live one (extended, or used
-	 * since) gets its real deadline to be looked at then.  Returns how many
-	 * went and how many were put off.
-	 */
 	[STMT_SWEEP] = {
-		"WITH due AS ("
-		"  SELECT token_hash, " LIVE("$1") " AS live FROM tokenstore.token"
-		"   WHERE sweep_at <= $1 ORDER BY sweep_at LIMIT $2 FOR UPDATE SKIP LOCKED),"
-		" later AS ("
-		"  UPDATE tokenstore.token t"
-		"     SET sweep_at = least(t.expires_at,"
-		"          tokenstore_internal.last_used(t.token_hash, t.last_used_at) + t.idle_timeout)"
-		"    FROM due WHERE t.token_hash = due.token_hash AND due.live RETURNING 1),"
-		" gone AS ("
-		"  DELETE FROM tokenstore.token t USING due"
-		"   WHERE t.token_hash = due.token_hash AND NOT due.live RETURNING 1)"
-		" SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM later)",
+		SWEEP_DUE(""), 2, {TIMESTAMPTZOID, INT4OID}
+	},
+	/* the same, of the given rows only: a batch that failed, taken apart */
+	[STMT_SWEEP_AMONG] = {
+		SWEEP_DUE(" AND token_hash = ANY ($3)"),
+		3, {TIMESTAMPTZOID, INT4OID, BYTEAARRAYOID}
+	},
+	[STMT_SWEEP_KEYS] = {
+		"SELECT token_hash FROM tokenstore.token"
+		" WHERE sweep_at <= $1 ORDER BY sweep_at LIMIT $2",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/*
@@ -647,6 +662,19 @@ key_datum(const TokenKey *key)
 	return PointerGetDatum(b);
 }
 
+/* n keys as a bytea[] */
+static Datum
+keys_datum(const TokenKey *keys, int n)
+{
+	Datum	   *hashes = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		hashes[i] = key_datum(&keys[i]);
+	return PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
+										   false, TYPALIGN_INT));
+}
+
 static Datum
 bytes_datum(const uint8 *bytes, int len)
 {
@@ -882,17 +910,13 @@ void
 store_live_among(const TokenKey *keys, int n, const char *user,
 				 TimestampTz now, bool *live)
 {
-	Datum	   *hashes = palloc(sizeof(Datum) * n);
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', user ? ' ' : 'n'};
 	TokenKey   *found;
 	uint64		nfound;
 	uint64		i;
 
-	for (i = 0; i < n; i++)
-		hashes[i] = key_datum(&keys[i]);
-	values[0] = PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
-												false, TYPALIGN_INT));
+	values[0] = keys_datum(keys, n);
 	values[1] = TimestampTzGetDatum(now);
 	values[2] = user ? CStringGetTextDatum(user) : (Datum) 0;
 	nfound = store_exec(STMT_LIVE_AMONG, values, nulls, 0);
@@ -903,7 +927,6 @@ store_live_among(const TokenKey *keys, int n, const char *user,
 	for (i = 0; i < n; i++)
 		live[i] = bsearch(&keys[i], found, nfound, sizeof(TokenKey), key_cmp) != NULL;
 	pfree(found);
-	pfree(hashes);
 }
 
 /*
@@ -1195,6 +1218,21 @@ store_delete_sessions(TimestampTz now, bool anonymous_only)
 							   true);
 }
 
+/* A sweep statement of the current SQL objects: how many went; *more as below. */
+static int64
+sweep_current(StoreStmt stmt, Datum *values, bool *more)
+{
+	int64		gone;
+	int64		later;
+	bool		isnull;
+
+	(void) store_exec(stmt, values, NULL, 0);
+	gone = DatumGetInt64(column(0, 1, &isnull));
+	later = DatumGetInt64(column(0, 2, &isnull));
+	*more = gone + later > 0;
+	return gone;
+}
+
 /*
  * Look at up to `batch` rows whose deadline may have passed, oldest first
  * along the sweep's index (1.0 and 1.1: up to `batch` of each kind of
@@ -1208,21 +1246,47 @@ store_sweep(TimestampTz now, int batch, bool *more)
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
 	int64		gone;
 	int64		later;
-	bool		isnull;
 
 	if (schema == SCHEMA_CURRENT)
-	{
-		(void) store_exec(STMT_SWEEP, values, NULL, 0);
-		gone = DatumGetInt64(column(0, 1, &isnull));
-		later = DatumGetInt64(column(0, 2, &isnull));
-		*more = gone + later > 0;
-		return gone;
-	}
+		return sweep_current(STMT_SWEEP, values, more);
 	later = (int64) store_exec(STMT_SWEEP_IDLE_LATER, values, NULL, 0);
 	gone = (int64) (store_exec(STMT_SWEEP_TTL, values, NULL, 0) +
 					store_exec(STMT_SWEEP_IDLE, values, NULL, 0));
 	*more = gone + later > 0;
 	return gone;
+}
+
+/* The same, of the n rows of store_sweep_keys's keys only. */
+int64
+store_sweep_among(TimestampTz now, const TokenKey *keys, int n, bool *more)
+{
+	Datum		values[3] = {TimestampTzGetDatum(now), Int32GetDatum(n),
+	keys_datum(keys, n)};
+
+	return sweep_current(STMT_SWEEP_AMONG, values, more);
+}
+
+/*
+ * The keys of the rows a sweep batch would look at first, for sweeping them
+ * a few at a time (*n of them, in the caller's memory); NULL under the SQL
+ * objects of 1.0 and 1.1, whose sweep only ever runs whole.
+ */
+TokenKey *
+store_sweep_keys(TimestampTz now, int batch, int *n)
+{
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(batch)};
+	TokenKey   *keys;
+	uint64		nrows;
+	uint64		i;
+
+	if (schema != SCHEMA_CURRENT)
+		return NULL;
+	nrows = store_exec(STMT_SWEEP_KEYS, values, NULL, 0);
+	keys = MemoryContextAlloc(caller_cxt, sizeof(TokenKey) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+		key_from_column(i, 1, &keys[i]);
+	*n = (int) nrows;
+	return keys;
 }
 
 /* The dirty uses' hashes and times as two arrays, for the flush. */

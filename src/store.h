@@ -95,6 +95,9 @@ extern bool store_save(const TokenRow *row, bool *created);
 extern List *store_sessions(TimestampTz now);
 extern List *store_delete_sessions(TimestampTz now, bool anonymous_only);
 extern int64 store_sweep(TimestampTz now, int batch, bool *more);
+extern int64 store_sweep_among(TimestampTz now, const TokenKey *keys, int n,
+							   bool *more);
+extern TokenKey *store_sweep_keys(TimestampTz now, int batch, int *n);
 extern int64 store_flush(const CacheDirty *dirty, int n, int64 resolution,
 						 FlushResult *results);
 extern List *store_live_page(const TokenKey *after, TimestampTz now, int limit);

@@ -22,7 +22,9 @@
  * flush interval, the launcher starts the next database's beside it.  A
  * worker runs with its own settings (not read-only, READ COMMITTED, no
  * synchronous commit), whatever the server's defaults are, as autovacuum
- * does; a step that fails is logged and the round goes on with the next.
+ * does; a step that fails is logged and the round goes on with the next,
+ * and a flush or sweep batch that fails is taken apart, so that one bad row
+ * holds up none of the others.
  *
  * At a clean shutdown the launcher writes the dirty last uses to a file,
  * which the first workers after the next start apply; after a crash at most
@@ -44,6 +46,7 @@
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "fanout.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -59,6 +62,7 @@
 #include "tokenstore.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "worker.h"
 #include "xact.h"
@@ -107,37 +111,262 @@ ms_from(TimestampTz t, int64 ms)
 	return t + ms * 1000;
 }
 
+/* ---- a batch that fails, taken apart ---- */
+
+/* Token ids a round's line of log names, at most, for each kind of step. */
+#define CULPRITS_NAMED		5
+/* Bytes of a culprit's error message the log repeats, at most. */
+#define CULPRIT_ERROR_MAX	200
+
+/*
+ * The rows whose flush or sweep failed in a round (or in applying the
+ * shutdown dump), said in one line of log at its end: one bad row must not
+ * fill the log once per batch.
+ */
+typedef struct Culprits
+{
+	const char *what;			/* "flushing the last use", ... */
+	const char *left;			/* what became of it, for the detail */
+	MemoryContext cxt;			/* where error lives */
+	int			named;
+	TokenKey	keys[CULPRITS_NAMED];
+	bool		more;			/* others than those named failed too */
+	int			sqlerrcode;		/* the first one's error */
+	char	   *error;
+} Culprits;
+
+/*
+ * A batch of items, each a token's row: run(arg, lo, n) does items [lo,
+ * lo + n) (in a subtransaction), leave(arg, lo, n) marks items left
+ * undone (NULL: nothing to mark), key(arg, i) is item i's token.
+ */
+typedef struct Batch
+{
+	void		(*run) (void *arg, int lo, int n);
+	void		(*leave) (void *arg, int lo, int n);
+	const TokenKey *(*key) (void *arg, int i);
+	void	   *arg;
+	TimestampTz until;			/* no more tries after this */
+	Culprits   *bad;
+} Batch;
+
+/*
+ * Run items [lo, lo + n) of a batch in a subtransaction: true if it
+ * committed; else it was rolled back and *edata says why.  A cancel or a
+ * lock timeout is not caught but ends the step: no row of the batch causes
+ * it (the statements skip the rows others hold), and trying the rows apart
+ * would wait once per try.
+ */
+static bool
+run_subxact(Batch *b, int lo, int n, ErrorData **edata)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile caught = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		b->run(b->arg, lo, n);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		caught = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (caught != NULL && (caught->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+						   caught->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE))
+		ReThrowError(caught);
+	*edata = caught;
+	return caught == NULL;
+}
+
+/* Note a row that failed alone: its token id, and the first one's error. */
+static void
+note_culprit(Culprits *bad, const TokenKey *key, const ErrorData *edata)
+{
+	const char *message = edata->message ? edata->message : "";
+	int			len;
+	int			i;
+
+	for (i = 0; i < bad->named; i++)
+		if (memcmp(bad->keys[i].bytes, key->bytes, sizeof(key->bytes)) == 0)
+			return;
+	if (bad->named == CULPRITS_NAMED)
+	{
+		bad->more = true;
+		return;
+	}
+	if (bad->named == 0)
+	{
+		len = pg_mbcliplen(message, strlen(message), CULPRIT_ERROR_MAX);
+		bad->error = MemoryContextAlloc(bad->cxt, len + 1);
+		memcpy(bad->error, message, len);
+		bad->error[len] = '\0';
+		bad->sqlerrcode = edata->sqlerrcode;
+	}
+	bad->keys[bad->named++] = *key;
+}
+
+/*
+ * Items [lo, lo + n) of a batch, `failed` the error of a try already made
+ * (NULL: not tried yet).  A range that fails is halved until what fails
+ * stands alone, so that everything else goes through; an item that fails
+ * alone is a culprit, noted and left undone, and so are the ranges not yet
+ * tried when the time is up (a cause that is not one row's must not make a
+ * round try every row).  Each culprit among n items costs about 2 log2(n)
+ * statements.
+ */
+static void
+apart_range(Batch *b, int lo, int n, ErrorData *failed)
+{
+	if (failed == NULL)
+	{
+		if (n == 0)
+			return;
+		if (ShutdownRequestPending || GetCurrentTimestamp() >= b->until)
+		{
+			if (b->leave)
+				b->leave(b->arg, lo, n);
+			return;
+		}
+		if (run_subxact(b, lo, n, &failed))
+			return;
+	}
+	if (n == 1)
+	{
+		note_culprit(b->bad, b->key(b->arg, lo), failed);
+		if (b->leave)
+			b->leave(b->arg, lo, 1);
+	}
+	else
+	{
+		apart_range(b, lo, n / 2, NULL);
+		apart_range(b, lo + n / 2, n - n / 2, NULL);
+	}
+	FreeErrorData(failed);
+}
+
+/*
+ * Items [lo, lo + n) of a batch, whole (one subtransaction around the usual
+ * statements), and apart only if that fails.
+ */
+static void
+run_batch(Batch *b, int lo, int n)
+{
+	ErrorData  *failed;
+
+	if (!run_subxact(b, lo, n, &failed))
+		apart_range(b, lo, n, failed);
+}
+
+/* One line of log for the culprits noted, if any; then none are. */
+static void
+report_culprits(Culprits *bad)
+{
+	StringInfoData others;
+	int			i;
+
+	if (bad->named == 0)
+		return;
+	initStringInfo(&others);
+	for (i = 1; i < bad->named; i++)
+		appendStringInfo(&others, "%s%s", i > 1 ? ", " : "",
+						 token_id_text(&bad->keys[i]));
+	ereport(LOG,
+			(errcode(bad->sqlerrcode),
+			 errmsg("tokenstore worker: %s of token_id %s failed: %s",
+					bad->what, token_id_text(&bad->keys[0]), bad->error),
+			 bad->named == 1 ? errdetail("%s", bad->left) :
+			 errdetail("%s Those of token_ids %s%s failed too.", bad->left,
+					   others.data, bad->more ? " and others" : "")));
+	pfree(others.data);
+	pfree(bad->error);
+	bad->named = 0;
+	bad->more = false;
+}
+
 /* ---- flushing ---- */
+
+/* Dirty uses, with what their flush did, as a batch. */
+typedef struct FlushBatch
+{
+	CacheDirty *dirty;
+	FlushResult *results;
+	int64		resolution;
+	int64		written;
+} FlushBatch;
+
+static void
+flush_run(void *arg, int lo, int n)
+{
+	FlushBatch *f = arg;
+
+	f->written += store_flush(f->dirty + lo, n, f->resolution, f->results + lo);
+}
+
+/* A use whose flush failed stays dirty, as one the table lags by less. */
+static void
+flush_leave(void *arg, int lo, int n)
+{
+	FlushBatch *f = arg;
+	int			i;
+
+	for (i = lo; i < lo + n; i++)
+		f->results[i].outcome = FLUSH_LATER;
+}
+
+static const TokenKey *
+flush_key(void *arg, int i)
+{
+	return &((FlushBatch *) arg)->dirty[i].key;
+}
 
 /*
  * Write the collected dirty uses to the table, in the current transaction,
  * and queue what their commit does: the entries written or not needing it
  * become clean, Redis learns the moved deadlines.  A row another
- * transaction holds is skipped and stays dirty.  Returns rows written.
+ * transaction holds is skipped and stays dirty.  With `bad`, a batch that
+ * fails is taken apart (until `until`) and its culprits noted there; without,
+ * an error is the caller's.  Returns rows written.
  */
 static int64
-flush_collected(CacheDirty *dirty, int n, int64 resolution)
+flush_collected(CacheDirty *dirty, int n, int64 resolution,
+				Culprits *bad, TimestampTz until)
 {
-	FlushResult *results = palloc(sizeof(FlushResult) * n);
-	int64		written = 0;
+	FlushBatch	f = {dirty, palloc(sizeof(FlushResult) * Max(n, 1)), resolution, 0};
+	Batch		b = {flush_run, flush_leave, flush_key, &f, until, bad};
 	int			done;
 	int			i;
 
 	store_begin();
 	for (done = 0; done < n; done += FLUSH_BATCH)
-		written += store_flush(dirty + done, Min(FLUSH_BATCH, n - done),
-							   resolution, results + done);
+	{
+		int			len = Min(FLUSH_BATCH, n - done);
+
+		if (bad != NULL)
+			run_batch(&b, done, len);
+		else
+			flush_run(&f, done, len);
+	}
 	store_end();
 	for (i = 0; i < n; i++)
 	{
-		if (results[i].outcome == FLUSH_LATER)
+		if (f.results[i].outcome == FLUSH_LATER)
 			continue;
 		xact_queue_clean(&dirty[i].key, dirty[i].observed);
-		if (results[i].outcome == FLUSH_WRITTEN && results[i].idle)
-			xact_queue_expire(&dirty[i].key, results[i].deadline);
+		if (f.results[i].outcome == FLUSH_WRITTEN && f.results[i].idle)
+			xact_queue_expire(&dirty[i].key, f.results[i].deadline);
 	}
-	pfree(results);
-	return written;
+	pfree(f.results);
+	return f.written;
 }
 
 /* Room for the dirty uses of one round (or one token_flush call). */
@@ -164,7 +393,8 @@ worker_flush_all(void)
 	if (!cache_enabled())
 		return 0;
 	dirty = dirty_array(&max);
-	written = flush_collected(dirty, cache_collect_dirty(MyDatabaseId, dirty, max), 0);
+	written = flush_collected(dirty, cache_collect_dirty(MyDatabaseId, dirty, max),
+							  0, NULL, 0);
 	pfree(dirty);
 	return written;
 }
@@ -266,6 +496,8 @@ typedef struct FlushStep
 {
 	CacheDirty *dirty;
 	int			n;
+	TimestampTz until;
+	Culprits   *bad;
 } FlushStep;
 
 static int64
@@ -274,19 +506,71 @@ flush_step(void *arg)
 	FlushStep  *f = arg;
 
 	return flush_collected(f->dirty, f->n,
-						   (int64) tokenstore_last_used_resolution * 1000);
+						   (int64) tokenstore_last_used_resolution * 1000,
+						   f->bad, f->until);
 }
 
-/* One sweep batch; *(bool *) arg tells whether more may follow. */
+/* The due rows a sweep batch looks at, as a batch. */
+typedef struct SweepBatch
+{
+	TimestampTz now;
+	TokenKey   *keys;			/* NULL: whatever rows are due */
+	int64		gone;
+	bool		more;			/* it looked at some: more may follow */
+} SweepBatch;
+
+static void
+sweep_run(void *arg, int lo, int n)
+{
+	SweepBatch *s = arg;
+	bool		looked;
+
+	if (s->keys == NULL)
+		s->gone += store_sweep(s->now, n, &looked);
+	else
+		s->gone += store_sweep_among(s->now, s->keys + lo, n, &looked);
+	s->more |= looked;
+}
+
+static const TokenKey *
+sweep_key(void *arg, int i)
+{
+	return &((SweepBatch *) arg)->keys[i];
+}
+
+typedef struct SweepStep
+{
+	TimestampTz until;
+	Culprits   *bad;
+	bool		more;			/* out: more may follow */
+} SweepStep;
+
+/*
+ * One sweep batch.  If it fails, the rows it would look at are swept apart
+ * (an expired row whose sweep keeps failing stays, and is looked at first
+ * by every batch after: those each fail and are taken apart too).
+ */
 static int64
 sweep_step(void *arg)
 {
-	int64		swept;
+	SweepStep  *step = arg;
+	SweepBatch	s = {GetCurrentTimestamp(), NULL, 0, false};
+	Batch		b = {sweep_run, NULL, sweep_key, &s, step->until, step->bad};
+	ErrorData  *failed;
+	int			n = 0;
 
 	store_begin();
-	swept = store_sweep(GetCurrentTimestamp(), SWEEP_BATCH, (bool *) arg);
+	if (!run_subxact(&b, 0, SWEEP_BATCH, &failed))
+	{
+		s.keys = store_sweep_keys(s.now, SWEEP_BATCH, &n);
+		if (s.keys == NULL)
+			ReThrowError(failed);
+		FreeErrorData(failed);
+		apart_range(&b, 0, n, NULL);
+	}
 	store_end();
-	return swept;
+	step->more = s.more;
+	return s.gone;
 }
 
 /* The last uses a clean shutdown left for this database. */
@@ -296,8 +580,10 @@ dump_step(void *arg)
 	FILE	   *file = AllocateFile(DUMP_FILE, PG_BINARY_R);
 	DumpHeader	header;
 	DumpRecord	rec;
-	CacheDirty *batch;
-	FlushResult *results;
+	Culprits	bad = {"applying the saved last use", "It is not applied.",
+	CurrentMemoryContext};
+	FlushBatch	f = {NULL, NULL, 0, 0};
+	Batch		b = {flush_run, NULL, flush_key, &f, DT_NOEND, &bad};
 	int			n = 0;
 
 	if (file == NULL)
@@ -318,25 +604,26 @@ dump_step(void *arg)
 		(void) FreeFile(file);
 		return 0;
 	}
-	batch = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
-	results = palloc(sizeof(FlushResult) * FLUSH_BATCH);
+	f.dirty = palloc(sizeof(CacheDirty) * FLUSH_BATCH);
+	f.results = palloc(sizeof(FlushResult) * FLUSH_BATCH);
 	store_begin();
 	while (fread(&rec, sizeof(rec), 1, file) == 1)
 	{
 		if (rec.dbid != MyDatabaseId)
 			continue;
-		memcpy(batch[n].key.bytes, rec.hash, sizeof(rec.hash));
-		batch[n].last_used = rec.last_used;
+		memcpy(f.dirty[n].key.bytes, rec.hash, sizeof(rec.hash));
+		f.dirty[n].last_used = rec.last_used;
 		if (++n == FLUSH_BATCH)
 		{
-			(void) store_flush(batch, n, 0, results);
+			run_batch(&b, 0, n);
 			n = 0;
 		}
 	}
 	if (n > 0)
-		(void) store_flush(batch, n, 0, results);
+		run_batch(&b, 0, n);
 	store_end();
 	(void) FreeFile(file);
+	report_culprits(&bad);
 	return 1;
 }
 
@@ -364,7 +651,13 @@ static void
 worker_round(RegistryRun *run)
 {
 	TimestampTz until = ms_from(run->started, tokenstore_flush_interval / 2);
-	FlushStep	flush;
+	Culprits	flush_bad = {"flushing the last use",
+		"Its use stays in the cache for the next round.",
+	CurrentMemoryContext};
+	Culprits	sweep_bad = {"sweeping the row",
+		"The row stays for the next round.",
+	CurrentMemoryContext};
+	FlushStep	flush = {NULL, 0, until, &flush_bad};
 	int			max;
 	int			flushed_upto = 0;
 	bool		sweeping = registry_sweep_due(MyDatabaseId, run->started);
@@ -380,7 +673,7 @@ worker_round(RegistryRun *run)
 		if (flushed_upto < flush.n)
 		{
 			FlushStep	batch = {flush.dirty + flushed_upto,
-			Min(FLUSH_BATCH, flush.n - flushed_upto)};
+				Min(FLUSH_BATCH, flush.n - flushed_upto), until, &flush_bad};
 			int64		n = run_step("tokenstore: flushing last uses",
 									 flush_step, &batch);
 
@@ -389,18 +682,20 @@ worker_round(RegistryRun *run)
 		}
 		if (sweeping)
 		{
-			bool		more = false;
+			SweepStep	sweep = {until, &sweep_bad, false};
 			int64		n = run_step("tokenstore: sweeping expired tokens",
-									 sweep_step, &more);
+									 sweep_step, &sweep);
 
 			run->rows_swept += Max(0, n);
-			sweeping = more;
+			sweeping = sweep.more;
 			run->sweep_done = !sweeping;
 		}
 		if (GetCurrentTimestamp() >= until)
 			break;
 		yield_after(started);
 	}
+	report_culprits(&flush_bad);
+	report_culprits(&sweep_bad);
 	pfree(flush.dirty);
 }
 

@@ -8,8 +8,10 @@
 #
 #   fuzz.plan_one(i)   draws call i: a function of the API, a setting, or a
 #                      privilege probe, with arguments from hostile pools
-#                      (NULLs, empty and 1 MB strings, extreme intervals,
-#                      deep and huge JSON, bad token_ids, weird unicode...),
+#                      (NULLs, empty and 1 MB strings and byteas, extreme
+#                      intervals, past, pre-2000, infinite and out-of-range
+#                      deadlines, deep and huge JSON, bad token_ids, weird
+#                      unicode...),
 #                      and stores it in fuzz.plan (its SQL, arguments and a
 #                      display of at most 200 characters)
 #   fuzz.exec(i)       runs call i as planned, as the calling role, with the
@@ -61,6 +63,10 @@ CREATE TABLE fuzz.tokens (n bigserial PRIMARY KEY, token text NOT NULL,
 	given boolean NOT NULL DEFAULT false);
 CREATE TABLE fuzz.ids (n bigserial PRIMARY KEY, id text NOT NULL);
 CREATE TABLE fuzz.users (n bigserial PRIMARY KEY, user_id text NOT NULL);
+-- tokens token_save made or replaced; anonymous: one to sign in to (see
+-- fuzz.exec and the sign-ins of fuzz.plan_one)
+CREATE TABLE fuzz.sessions (n bigserial PRIMARY KEY, token text NOT NULL,
+	anonymous boolean NOT NULL);
 
 -- r(n): a random integer in [0, n)
 CREATE FUNCTION fuzz.r(n int) RETURNS int
@@ -113,6 +119,12 @@ CREATE FUNCTION fuzz.pool_id() RETURNS text
 	LANGUAGE sql AS $$
 	SELECT id FROM fuzz.ids ORDER BY n DESC
 	OFFSET fuzz.r(least(300, (SELECT count(*) FROM fuzz.ids))::int) LIMIT 1 $$;
+
+-- one of the 50 latest saved sessions
+CREATE FUNCTION fuzz.pool_session() RETURNS text
+	LANGUAGE sql AS $$
+	SELECT token FROM fuzz.sessions ORDER BY n DESC
+	OFFSET fuzz.r(least(50, (SELECT count(*) FROM fuzz.sessions))::int) LIMIT 1 $$;
 
 CREATE FUNCTION fuzz.pool_user() RETURNS text
 	LANGUAGE sql AS $$
@@ -343,6 +355,31 @@ BEGIN
 	END CASE;
 END $$;
 
+-- a session's expires_at: past, pre-2000, infinite, at and past the end of
+-- what tokenstore and PostgreSQL accept, malformed
+CREATE FUNCTION fuzz.v_expires() RETURNS text
+	LANGUAGE sql AS $$
+	SELECT (ARRAY[NULL, NULL, 'infinity', '-infinity',
+		(now() - interval '1 day')::text, (now() - interval '1 microsecond')::text,
+		'1999-12-31 23:59:59.999999+00', '1970-01-01 00:00:00+00',
+		'4714-11-24 00:00:00+00 BC', '9999-12-31 23:59:59.999999+00',
+		'10000-01-01 00:00:00+00', '294276-12-31 23:59:59.999999+00', 'garbage', '',
+		'now', (now() + interval '2 seconds')::text, '2038-01-19 03:14:08+00',
+		(now() + interval '30 days')::text, (now() + interval '30 days')::text,
+		(now() + interval '30 days')::text])[1 + fuzz.r(20)] $$;
+
+-- a session's data, as bytea input: NULL, empty, a megabyte, malformed
+CREATE FUNCTION fuzz.v_data() RETURNS text
+	LANGUAGE plpgsql AS $$
+BEGIN
+	IF fuzz.r(12) = 0 THEN
+		IF fuzz.heavy() THEN RETURN '\x' || repeat('00ff', 524288); END IF;
+		RETURN '\x' || repeat('00ff', 5000);
+	END IF;
+	RETURN (ARRAY[NULL, NULL, '', '\x', '\xZZ', '\x0', E'\\000\\377', fuzz.weird(),
+		'\x00', '\x' || md5(random()::text), '\x' || md5(random()::text)])[1 + fuzz.r(11)];
+END $$;
+
 -- a setting and a value for set_config: the seven the application may
 -- set, two of PostgreSQL's that change how times read and print, and some
 -- that are not the application's to set
@@ -423,7 +460,8 @@ DECLARE
 	make_user text;
 	given text;
 	given_unique boolean := false;
-	w int := fuzz.r(100);
+	old_token text;
+	w int := fuzz.r(118);
 	-- a wild call draws every argument from the hostile values; a calm
 	-- one mostly from ordinary ones, so that tokens get made
 	wild boolean := fuzz.r(5) < 2;
@@ -434,6 +472,7 @@ DECLARE
 		'SELECT count(*)::text FROM tokenstore.redis_stats',
 		'SELECT count(*)::text FROM tokenstore_internal.token_stats()',
 		'SELECT tokenstore_internal.last_used(''\x00''::bytea, now())::text',
+		'SELECT tokenstore_internal.token_record_uses(ARRAY[''\x00''::bytea], ARRAY[now()])::text',
 		'UPDATE tokenstore.token SET user_id = ''x'' RETURNING user_id',
 		'DELETE FROM tokenstore.token RETURNING user_id',
 		'TRUNCATE tokenstore.token',
@@ -536,17 +575,93 @@ BEGIN
 			names := names || 'grace'::text; types := types || 'interval'::text;
 			args := args || fuzz.v_interval();
 		END IF;
+		IF fuzz.r(2) = 0 THEN
+			-- sign-in: a calm one attaches a new user to the latest anonymous
+			-- session none signed in to yet
+			IF NOT wild THEN
+				UPDATE fuzz.sessions SET anonymous = false
+				WHERE n = (SELECT max(n) FROM fuzz.sessions WHERE anonymous)
+				RETURNING token INTO old_token;
+				args[1] := coalesce(old_token, args[1]);
+			END IF;
+			make_user := CASE WHEN wild THEN fuzz.v_some_user(i) ELSE 'u' || i END;
+			names := names || 'user_id'::text; types := types || 'text'::text;
+			args := args || make_user;
+		END IF;
+		IF fuzz.r(2) = 0 THEN
+			IF wild THEN
+				SELECT * INTO s FROM fuzz.v_given(i);
+				given := s.token;
+				given_unique := s.is_unique;
+			ELSE
+				given := fuzz.pad('new-' || i || '-', 20 + fuzz.r(40));
+				given_unique := true;
+			END IF;
+			names := names || 'new_token'::text; types := types || 'text'::text;
+			args := args || given;
+		END IF;
 	ELSIF w < 80 THEN
 		fn := 'token_sweep';
 	ELSIF w < 81 THEN
 		fn := 'token_flush';
-	ELSIF w < 92 THEN
+	ELSIF w < 90 THEN
+		fn := 'token_save';
+		IF wild THEN
+			IF fuzz.r(3) = 0 THEN
+				given := fuzz.v_token(i);
+			ELSE
+				SELECT * INTO s FROM fuzz.v_given(i);
+				given := s.token;
+				given_unique := s.is_unique;
+			END IF;
+			make_user := CASE WHEN fuzz.r(4) = 0 THEN NULL ELSE fuzz.v_some_user(i) END;
+		ELSE
+			IF fuzz.r(4) = 0 THEN
+				-- a save of a session saved before
+				given := fuzz.pool_session();
+			END IF;
+			IF given IS NULL THEN
+				given := fuzz.pad('sess-' || i || '-', 20 + fuzz.r(40));
+				given_unique := true;
+			END IF;
+			make_user := CASE WHEN fuzz.r(3) = 0 THEN NULL ELSE 'u' || i END;
+		END IF;
+		names := ARRAY[NULL, NULL, NULL, NULL];
+		types := ARRAY['text', 'text', 'bytea', 'timestamptz'];
+		args := ARRAY[given, make_user,
+			CASE WHEN wild OR fuzz.r(8) = 0 THEN fuzz.v_data() ELSE '\x' || md5(i::text) END,
+			CASE WHEN wild OR fuzz.r(8) = 0 THEN fuzz.v_expires()
+				ELSE (now() + interval '1 day')::text END];
+		IF fuzz.r(2) = 0 THEN
+			names := names || 'idle_timeout'::text; types := types || 'interval'::text;
+			args := args || CASE WHEN wild OR fuzz.r(8) = 0 THEN fuzz.v_interval()
+				ELSE fuzz.pick(NULL, '1 hour', '10 minutes') END;
+		END IF;
+		IF fuzz.r(2) = 0 THEN
+			names := names || 'info'::text; types := types || 'jsonb'::text;
+			args := args || CASE WHEN wild OR fuzz.r(8) = 0 THEN fuzz.v_info()
+				ELSE '{"device": "browser"}' END;
+		END IF;
+	ELSIF w < 98 THEN
+		fn := CASE WHEN w < 95 THEN 'token_data' ELSE 'token_touch' END;
+		names := ARRAY[NULL]; types := ARRAY['text'];
+		args := ARRAY[CASE WHEN fuzz.r(2) = 0 THEN fuzz.pool_session()
+			ELSE fuzz.v_token(i) END];
+	ELSIF w < 99 THEN
+		fn := 'token_sessions';
+	ELSIF w < 100 THEN
+		fn := 'token_delete_sessions';
+		IF fuzz.r(2) = 0 THEN
+			names := ARRAY[NULL]; types := ARRAY['boolean'];
+			args := ARRAY[fuzz.pick(NULL, 'true', 'false', 'true', 'maybe', '')];
+		END IF;
+	ELSIF w < 111 THEN
 		fn := 'set_config';
 		SELECT * INTO s FROM fuzz.v_setting();
 		sql := 'SELECT set_config($1, $2, ' || fuzz.pick('true', 'false') || ')';
 		args := ARRAY[s.name, s.value];
 		display := 'set_config(' || fuzz.quote(s.name) || ', ' || fuzz.quote(s.value) || ')';
-	ELSIF w < 96 THEN
+	ELSIF w < 115 THEN
 		fn := 'current_setting';
 		sql := 'SELECT current_setting($1)';
 		args := ARRAY[fuzz.pick('tokenstore.token_prefix', 'tokenstore.default_ttl',
@@ -566,8 +681,8 @@ BEGIN
 		-- functions print every column of every row
 		IF fn = 'token_check' THEN
 			sql := 'SELECT string_agg(c::text, '','') FROM tokenstore.token_check(';
-		ELSIF fn = 'token_list' THEN
-			sql := 'SELECT string_agg(c.token_id || '':'' || md5(c::text), '' '' ORDER BY c.created_at) FROM tokenstore.token_list(';
+		ELSIF fn IN ('token_list', 'token_sessions') THEN
+			sql := 'SELECT string_agg(c.token_id || '':'' || md5(c::text), '' '' ORDER BY c.token_id) FROM tokenstore.' || fn || '(';
 		ELSE
 			sql := 'SELECT tokenstore.' || fn || '(';
 		END IF;
@@ -578,7 +693,8 @@ BEGIN
 			display := display || CASE WHEN k > 1 THEN ', ' ELSE '' END
 				|| coalesce(names[k] || ' => ', '') || fuzz.quote(args[k]);
 		END LOOP;
-		sql := sql || ')' || CASE WHEN fn IN ('token_check', 'token_list') THEN ' c' ELSE '::text' END;
+		sql := sql || ')' || CASE WHEN fn IN ('token_check', 'token_list', 'token_sessions')
+			THEN ' c' ELSE '::text' END;
 		display := display || ')';
 	END IF;
 	INSERT INTO fuzz.plan VALUES (i, fn, sql, args, left(display, 200), make_user, given, given_unique);
@@ -599,13 +715,19 @@ BEGIN
 		RETURN res;
 	END IF;
 	IF p.fn IN ('token_make', 'token_rotate') AND res IS NOT NULL THEN
-		INSERT INTO fuzz.tokens (token, given)
-			VALUES (res, p.fn = 'token_make' AND p.given_token IS NOT NULL);
+		INSERT INTO fuzz.tokens (token, given) VALUES (res, p.given_token IS NOT NULL);
 	END IF;
-	IF p.fn = 'token_make' THEN
+	IF p.fn = 'token_save' THEN
+		INSERT INTO fuzz.tokens (token, given) VALUES (p.given_token, true);
+		-- anonymous: one to sign in to (token_rotate with user_id) that
+		-- lives a while yet
+		INSERT INTO fuzz.sessions (token, anonymous) VALUES (p.given_token, p.make_user IS NULL
+			AND coalesce(p.args[4]::timestamptz > now() + interval '1 hour', true));
+	END IF;
+	IF p.fn IN ('token_make', 'token_save', 'token_rotate') AND p.make_user IS NOT NULL THEN
 		INSERT INTO fuzz.users (user_id) VALUES (p.make_user);
 	END IF;
-	IF p.fn = 'token_list' AND res IS NOT NULL THEN
+	IF p.fn IN ('token_list', 'token_sessions') AND res IS NOT NULL THEN
 		INSERT INTO fuzz.ids (id)
 			SELECT split_part(x, ':', 1) FROM unnest(string_to_array(res, ' ')) x;
 	END IF;
@@ -659,7 +781,8 @@ sub install
 # redis_mismatch(NODE, DB, REDIS): how REDIS differs from the tokens of
 # database DB (named DB in keys): '' when every row of tokenstore.token
 # has its key, naming its user first in the JSON, and is in its user's
-# set, and Redis holds nothing else under tokenstore:DB:.
+# set (an anonymous session's names none and is in no set), and Redis
+# holds nothing else under tokenstore:DB:.
 sub redis_mismatch
 {
 	my ($node, $db, $redis) = @_;
@@ -669,9 +792,16 @@ sub redis_mismatch
 	# hex, so that any byte of a user id comes through
 	foreach (split /\n/,
 		$node->safe_psql($db,
-			"SELECT encode(token_hash, 'hex'), encode(convert_to(user_id, 'UTF8'), 'hex') FROM tokenstore.token"))
+			"SELECT encode(token_hash, 'hex'), coalesce(encode(convert_to(user_id, 'UTF8'), 'hex'), '-') FROM tokenstore.token"))
 	{
 		my ($hash, $user) = split /\|/;
+
+		# an anonymous session: user_id null in its value, in no set
+		if ($user eq '-')
+		{
+			$want{"${ns}token:$hash"} = '';
+			next;
+		}
 		$user = pack('H*', $user);
 		$want{"${ns}token:$hash"} = $user;
 		push @{ $sets{"${ns}user:$user"} }, "${ns}token:$hash";

@@ -4,7 +4,11 @@
 # seconds.  Errors: a worker whose flush fails is run again about once per
 # flush_interval (never in a storm), the launcher and the server stay up and
 # checks keep answering meanwhile, and once the cause is gone the flush
-# succeeds.  The token prefix is the server's, changed by a reload.
+# succeeds.  One bad row stops nothing: with a trigger refusing the update
+# and the delete of one user's rows, the worker flushes the other uses and
+# sweeps the other expired rows, names the culprits by token_id in the log
+# once per round, and takes them as soon as the trigger is gone.  The token
+# prefix is the server's, changed by a reload.
 use strict;
 use warnings;
 use PostgreSQL::Test::Utils;
@@ -113,5 +117,80 @@ is($node->safe_psql($db, $launcher), $launcher_pid, 'the launcher never restarte
 unlike(TokenstoreTest::log_since($node, $offset),
 	qr/terminated by signal|terminating any other active server processes/,
 	'no server process crashed');
+$node->stop;
+
+# ---- one bad row ----
+$interval = 0.2;
+$node = TokenstoreTest::node('culprit',
+	conf => "tokenstore.flush_interval = '200ms'\ntokenstore.sweep_interval = '1s'\n");
+TokenstoreTest::wait_for($node, $db, sprintf($stats, 'last_flush IS NOT NULL'),
+	't', 'the first worker ran after CREATE EXTENSION');
+my $make = "SELECT tokenstore.token_make('%s', ttl => '%s')";
+my @live = map { $node->safe_psql($db, sprintf($make, "live$_", '1 day')) } 1 .. 5;
+my @dead = map { $node->safe_psql($db, sprintf($make, "dead$_", '1 second')) } 1 .. 5;
+my $bad_live = $node->safe_psql($db, sprintf($make, 'mallory', '1 day'));
+my $bad_dead = $node->safe_psql($db, sprintf($make, 'mallory', '1 second'));
+my $id = "SELECT encode(substr(token_hash, 1, 16), 'hex') FROM tokenstore.token "
+  . "WHERE token_hash = sha256(convert_to('%s', 'UTF8'))";
+my $bad_live_id = $node->safe_psql($db, sprintf($id, $bad_live));
+my $bad_dead_id = $node->safe_psql($db, sprintf($id, $bad_dead));
+like($bad_live_id, qr/^[0-9a-f]{32}$/, 'the culprits\' token_ids');
+
+# Every update and delete of mallory's rows fails, nobody else's.
+$node->safe_psql($db, q{
+	CREATE FUNCTION public.refuse_mallory() RETURNS trigger LANGUAGE plpgsql AS
+		$$BEGIN RAISE EXCEPTION 'tokenstore-test: mallory refused'; END$$;
+	CREATE TRIGGER refuse_mallory BEFORE UPDATE OR DELETE ON tokenstore.token
+		FOR EACH ROW WHEN (OLD.user_id = 'mallory')
+		EXECUTE FUNCTION public.refuse_mallory();
+});
+$offset = -s $node->logfile;
+$start = time;
+$node->safe_psql($db, join('; ',
+	map { "SELECT tokenstore.token_user('$_')" } @live, $bad_live));
+my $flushed = "SELECT count(*) FROM tokenstore.token "
+  . "WHERE user_id %s AND last_used_at > created_at";
+TokenstoreTest::wait_for_within($node, $db, sprintf($flushed, "LIKE 'live%'"),
+	'5', 10, 'beside a use whose flush fails, the other uses are flushed');
+TokenstoreTest::wait_for_within($node, $db,
+	"SELECT count(*) FROM tokenstore.token WHERE user_id LIKE 'dead%'",
+	'0', 10, 'beside a row whose sweep fails, the other expired rows are swept');
+my $log = '';
+$deadline = time + 10;
+while (time < $deadline)
+{
+	$log = TokenstoreTest::log_since($node, $offset);
+	last if $log =~ /sweeping the row of token_id $bad_dead_id failed/;
+	usleep(100_000);
+}
+like($log,
+	qr/tokenstore worker: flushing the last use of token_id $bad_live_id failed: tokenstore-test: mallory refused/,
+	'the log names the use that could not be flushed by its token_id');
+like($log,
+	qr/tokenstore worker: sweeping the row of token_id $bad_dead_id failed: tokenstore-test: mallory refused/,
+	'and the row that could not be swept');
+$elapsed = time - $start;
+my @lines = $log =~ /flushing the last use of token_id $bad_live_id/g;
+cmp_ok(scalar(@lines), '<=', int($elapsed / $interval) + 2,
+	sprintf('once per round at most (%d lines in %.1f s)', scalar(@lines), $elapsed));
+unlike(join("\n", grep { !/statement: / } split(/\n/, $log)),
+	qr/\Q$bad_live\E|\Q$bad_dead\E/,
+	'the server\'s own lines hold no token (the test\'s statements do)');
+is($node->safe_psql($db, sprintf($flushed, "= 'mallory'")), '0',
+	'the culprit\'s use is not in the table');
+is($node->safe_psql($db, sprintf($stats, 'dirty')), '1', 'but stays dirty in the cache');
+is($node->safe_psql($db, "SELECT count(*) FROM tokenstore.token WHERE user_id = 'mallory'"),
+	'2', 'and its expired row stays');
+is($node->safe_psql($db, "SELECT tokenstore.token_user('$live[0]')"), 'live1',
+	'checks answer meanwhile');
+
+$node->safe_psql($db, 'DROP TRIGGER refuse_mallory ON tokenstore.token');
+TokenstoreTest::wait_for_within($node, $db, sprintf($flushed, "= 'mallory'"),
+	'1', 10, 'once the cause is gone the culprit\'s use is flushed');
+TokenstoreTest::wait_for_within($node, $db,
+	"SELECT count(*) FROM tokenstore.token WHERE user_id = 'mallory'",
+	'1', 10, 'and its expired row swept');
+TokenstoreTest::wait_for_within($node, $db, sprintf($stats, 'dirty'), '0', 10,
+	'nothing stays dirty');
 
 done_testing();

@@ -5,8 +5,12 @@
 # 17 on), deadlines just before and past the year 10000, 10,000-level and
 # megabyte info, malformed token_ids, absurd max_tokens, unknown modes, user
 # ids at and past 64 bytes (multibyte too), tokens of 15, 16, 1024 and 1025
-# bytes, generated-looking tokens with bad checksums, weird unicode, and
-# probes of what the role must not reach.  The calls run in subtransactions
+# bytes, generated-looking tokens with bad checksums, weird unicode,
+# sessions (token_save, token_data, token_touch, token_sessions,
+# token_delete_sessions, token_rotate's sign-in and new_token) with empty,
+# malformed and 1 MB data and past, pre-2000, infinite and out-of-range
+# expires_at, and probes of what the role must not reach (the table, the
+# internal schema's helpers: token_record_uses too).  The calls run in subtransactions
 # (chunks of TokenstoreFuzz's fuzz.run, under each isolation level) and as
 # top-level statements, some in read-only or rolled-back transactions.
 #
@@ -209,7 +213,8 @@ is($q->(qq{
 	WHERE NOT CASE
 		WHEN p.fn = 'probe' THEN r.sqlstate = '42501'
 			OR (r.pass = 'read-only' AND r.sqlstate = '25006')
-		WHEN p.fn IN ('token_user', 'token_check') THEN r.sqlstate = '00000'
+		WHEN p.fn IN ('token_user', 'token_check', 'token_data', 'token_touch')
+			THEN r.sqlstate = '00000'
 		-- (under REPEATABLE READ and SERIALIZABLE, a row the worker's flush
 		-- or sweep changed after the snapshot is a serialization failure,
 		-- as for any write: see src/store.c)
@@ -223,10 +228,26 @@ is($q->(q{SELECT count(*) FILTER (WHERE sqlstate LIKE 'XX%') || ' ' || count(*) 
 is($q->(q{
 	SELECT string_agg(f, ' ') FROM unnest(ARRAY['token_make', 'token_user', 'token_check',
 		'token_list', 'token_refresh', 'token_set_info', 'token_delete', 'token_delete_id',
-		'token_delete_user', 'token_rotate', 'token_sweep', 'token_flush', 'set_config']) f
+		'token_delete_user', 'token_rotate', 'token_sweep', 'token_flush', 'token_save',
+		'token_data', 'token_touch', 'token_sessions', 'token_delete_sessions',
+		'set_config']) f
 	WHERE NOT EXISTS (SELECT FROM fuzz.plan p JOIN fuzz.result r USING (i)
 					  WHERE p.fn = f AND r.sqlstate = '00000')}),
 	'', 'every function and set_config worked at least once');
+# (results are recorded by the subtransaction pass)
+is($q->(q{
+	SELECT string_agg(what, ', ') FROM (VALUES
+		('token_save made a session', 'token_save', 'true', '%'),
+		('token_data returned data', 'token_data', '_%', '%'),
+		('token_touch found a live token', 'token_touch', 'true', '%'),
+		('token_sessions listed one', 'token_sessions', '_%', '%'),
+		('token_rotate attached a user', 'token_rotate', '_%', '%user_id => %'),
+		('token_rotate took a new_token', 'token_rotate', '_%', '%new_token => %')
+	) v(what, f, result, call)
+	WHERE NOT EXISTS (SELECT FROM fuzz.plan p JOIN fuzz.result r USING (i)
+					  WHERE p.fn = f AND r.sqlstate = '00000' AND r.result LIKE v.result
+						AND p.sql LIKE v.call)}),
+	'', 'the sessions\' functions and token_rotate\'s sign-in and new_token did their work at least once');
 is($q->(q{
 	SELECT string_agg(s, ' ') FROM unnest(ARRAY['22004', '22023', '22008', '23505', '22P02']) s
 	WHERE NOT EXISTS (SELECT FROM fuzz.plan p JOIN fuzz.result r USING (i)
@@ -234,6 +255,11 @@ is($q->(q{
 	'', 'token_make was refused with 22004, 22023, 22008, 23505 and 22P02');
 ok($q->(q{SELECT count(*) FROM fuzz.plan p JOIN fuzz.result r USING (i) WHERE p.fn = 'probe'}) > 0,
 	'the role probed the table, the internal schema, the views, redis_url and the key file');
+my ($denied, undef, $denial) = $node->psql($db,
+	"\\set VERBOSITY verbose\nSELECT tokenstore_internal.token_record_uses(ARRAY[sha256('x')], ARRAY[now()])",
+	@app);
+like($denial, qr/ERROR:\s+42501:/,
+	'the role may not record uses (tokenstore_internal.token_record_uses): 42501');
 
 # ---- nothing is left behind by a failed or rolled-back call ----
 # User ids that could be valid are unique to their call: a row whose user
@@ -248,15 +274,21 @@ ok($failed_makes > 0,
 is($q->(qq{
 	SELECT count(*) || coalesce(': ' || string_agg(DISTINCT user_id, ', '), '')
 	FROM tokenstore.token t
-	WHERE NOT EXISTS (SELECT FROM fuzz.plan p JOIN fuzz.result r USING (i)
-					  WHERE p.fn = 'token_make' AND $committed AND p.make_user = t.user_id)}),
+	WHERE t.user_id IS NOT NULL
+	  AND NOT EXISTS (SELECT FROM fuzz.plan p JOIN fuzz.result r USING (i)
+					  WHERE p.fn IN ('token_make', 'token_save', 'token_rotate')
+						AND $committed AND p.make_user = t.user_id)}),
 	'0', 'no row whose user only failed or rolled-back calls named');
 my ($given, $working) = split /\|/, $q->(qq{
-	SELECT count(*), count(*) FILTER (WHERE tokenstore.token_user(p.given_token) IS NOT NULL)
+	SELECT count(*), count(*) FILTER (WHERE tokenstore.token_touch(p.given_token)
+		OR EXISTS (SELECT FROM tokenstore.token t
+				   WHERE t.token_hash = sha256(convert_to(p.given_token, 'UTF8'))))
 	FROM fuzz.plan p JOIN fuzz.result r USING (i)
-	WHERE p.fn = 'token_make' AND p.given_unique AND NOT ($committed)});
-ok($given > 0, "$given failed or rolled-back token_make calls gave a token of their own");
-is($working, '0', 'none of those tokens works (no row, no cache entry)');
+	WHERE p.fn IN ('token_make', 'token_save', 'token_rotate') AND p.given_unique
+	  AND NOT ($committed)});
+ok($given > 0,
+	"$given failed or rolled-back token_make, token_save and token_rotate calls gave a token of their own");
+is($working, '0', 'none of those tokens works or has a row (nor a cache entry)');
 
 # Every token of the pool that answers has its row, with that user; every
 # clearly live row of the pool answers.  (As the superuser, with the

@@ -1,18 +1,19 @@
-# Soak: millions of cache hits and hundreds of thousands of misses in one
-# backend, and hundreds to thousands of runs of the per-database worker,
-# keep private memory flat.
+# Soak: millions of cache hits, misses and session finds in one backend, and
+# thousands of runs of the per-database worker, keep private memory flat.
 #
 # One session checks cached tokens two million times and unknown tokens
-# (each a read of the table) two hundred thousand times, in rounds; each
-# round also changes the info and deadline of some tokens (cache updates at
-# commit, and commands the publisher sends to Redis).  The cache has room
-# for every token (a full one thrashes, reported; no memory question).
-# Between rounds the session samples its own memory contexts
-# (pg_backend_memory_contexts) and its RssAnon (/proc/PID/status).
-# Meanwhile the launcher, at a flush interval of 100 ms, runs workers back
-# to back in three databases: as many as the machine allows (1,000 wanted
-# within 30 s, 100 needed; a worker takes tens of milliseconds on an idle
-# machine, over 100 ms on a busy one).  Worker runs are counted exactly
+# (each a read of the table) two million times, and finds the data of
+# sessions (token_data of tokens token_save made) a million times, in
+# rounds; each round also changes the info and deadline of some tokens
+# (cache updates at commit, and commands the publisher sends to Redis).
+# The cache has room for every token (a full one thrashes, reported; no
+# memory question).  Between rounds the session samples its own memory
+# contexts (pg_backend_memory_contexts) and its RssAnon (/proc/PID/status).
+# Meanwhile the launcher, at a flush interval of 100 ms (the least the
+# setting allows), runs workers back to back in nine databases: a run of
+# each every 100 ms, as the machine allows (3,000 wanted within 35 s, 1,000
+# needed; a worker takes about 10 ms on an idle machine, over 100 ms on a
+# busy one).  Worker runs are counted exactly
 # from the server log: at log_min_messages = debug1 the postmaster logs
 # each start of a background worker by name (the databases themselves log
 # at warning, so that the log holds little else); pg_stat_activity cannot
@@ -34,12 +35,13 @@ use TokenstoreTest;
 
 my $rounds = 10;            # after two warm-up rounds, each of:
 my $hits = 200_000;         #   checks of the 1,000 cached tokens
-my $misses = 20_000;        #   checks of unknown tokens
+my $misses = 200_000;       #   checks of unknown tokens
+my $finds = 100_000;        #   token_data of the 1,000 saved sessions
 my $changes = 200;          #   tokens whose info and deadline change
-my $worker_runs = 1000;     # wanted after the warm-up, within:
-my $deadline = 30;          # seconds of soak, and at the very least:
-my $worker_runs_min = 100;  # (a worker takes tens of milliseconds on an
-                            # idle machine, over 100 ms on a busy one)
+my $worker_runs = 3000;     # wanted after the warm-up, within:
+my $deadline = 35;          # seconds of soak, and at the very least:
+my $worker_runs_min = 1000; # (a worker takes about 10 ms on an idle
+                            # machine, over 100 ms on a busy one)
 # Limits of growth.  Bytes in use are exact: a leak of one chunk (24 bytes
 # at least) per hundred worker runs, per Redis command or per hundred
 # checks exceeds them.
@@ -49,7 +51,7 @@ my %limit = (
 	process_used => 1024,              # bytes in use, launcher and publisher
 	process_rss => 1024 * 1024,        # their RssAnon
 );
-my @databases = ('postgres', map { "soak$_" } 1 .. 2);
+my @databases = ('postgres', map { "soak$_" } 1 .. 8);
 
 my $redis = TokenstoreRedis->new;
 my $node = TokenstoreTest::node('soak',
@@ -66,9 +68,13 @@ $node->safe_psql('postgres', qq{
 	CREATE TABLE hot AS
 		SELECT tokenstore.token_make('hot' || g) AS token FROM generate_series(1, 1000) g;
 	CREATE TABLE changing AS
-		SELECT tokenstore.token_make('changing' || g) AS token FROM generate_series(1, $changes) g});
+		SELECT tokenstore.token_make('changing' || g) AS token FROM generate_series(1, $changes) g;
+	CREATE TABLE sessions AS
+		SELECT 'soak-session-' || lpad(g::text, 6, '0') AS token FROM generate_series(1, 1000) g;
+	SELECT count(tokenstore.token_save(token, NULL, convert_to(repeat('d', 500), 'UTF8'),
+									   now() + interval '1 day')) FROM sessions});
 TokenstoreTest::wait_for($node, 'postgres',
-	q{SELECT count(*) = 3 AND bool_and(last_flush IS NOT NULL) AND (SELECT state = 'up' FROM tokenstore.redis_stats)
+	q{SELECT count(*) = } . scalar(@databases) . q{ AND bool_and(last_flush IS NOT NULL) AND (SELECT state = 'up' FROM tokenstore.redis_stats)
 	  FROM tokenstore.stats},
 	't', 'the three databases are registered and written to Redis');
 $node->safe_psql('postgres',
@@ -131,24 +137,28 @@ my $stats = q{SELECT hits || ' ' || misses || ' ' || (SELECT sent FROM tokenstor
 my $session = $node->background_psql('postgres');
 $session->set_query_timer_restart;    # the framework's timeout, per round
 my $backend = $session->query_safe('SELECT pg_backend_pid()');
-my ($miss_from, $round) = (0, 0);
+my ($miss_from, $round, $found_data) = (0, 0, 0);
 sub round
 {
 	my $hit_reps = $hits / 1000;
+	my $find_reps = $finds / 1000;
 	my $t0 = Time::HiRes::time();
 	my $out = $session->query_safe(
 		"SELECT count(tokenstore.token_user(h.token)) FROM generate_series(1, $hit_reps) g, hot h;\n"
 		  . 'SELECT count(tokenstore.token_user(\'soak-unknown-\' || g)) FROM generate_series('
 		  . ($miss_from + 1) . ', ' . ($miss_from + $misses) . ") g;\n"
+		  . "SELECT count(*) FILTER (WHERE octet_length(tokenstore.token_data(s.token)) = 500)\n"
+		  . "  FROM generate_series(1, $find_reps) g, sessions s;\n"
 		  . "SELECT count(*) FILTER (WHERE tokenstore.token_set_info(c.token, '{\"round\": $round}')\n"
 		  . "  AND tokenstore.token_refresh(c.token, '1 day')) FROM changing c;\n"
 		  . 'SELECT sum(total_bytes) FROM pg_backend_memory_contexts');
-	my ($found, $unknown, $changed, $contexts) = split /\n/, $out;
+	my ($found, $unknown, $data, $changed, $contexts) = split /\n/, $out;
 	$miss_from += $misses;
+	$found_data += $data;
 	note(sprintf('round %d: %.1f s', $round, Time::HiRes::time() - $t0));
 	$round++;
 	die "round: $out"
-	  unless $found == $hits && $unknown == 0 && $changed == $changes;
+	  unless $found == $hits && $unknown == 0 && $data == $finds && $changed == $changes;
 	return $contexts;
 }
 
@@ -166,6 +176,7 @@ my %start = (
 	publisher_used => used($pid{publisher}),
 	publisher_rss => rss($pid{publisher}));
 my @counters = split / /, $node->safe_psql('postgres', $stats);
+my $data_from = $found_data;
 $log_offset = -s $node->logfile;
 my $soak = Time::HiRes::time();
 note(sprintf('warm-up: %.1f s', $soak - $started));
@@ -203,6 +214,8 @@ note(sprintf("soak: %.1f s (the session's rounds: %.1f s); worker runs by databa
 my ($hit_n, $miss_n, $sent_n) = map { $after[$_] - $counters[$_] } 0 .. 2;
 ok($hit_n >= $rounds * $hits, "the session's checks hit the cache ($hit_n hits)");
 ok($miss_n >= $rounds * $misses, "and missed it for unknown tokens ($miss_n misses)");
+is($found_data - $data_from, $rounds * $finds,
+	"token_data found the sessions' data every time ($rounds x $finds finds)");
 ok($sent_n >= $rounds * $changes, "the publisher sent the changes to Redis ($sent_n commands)");
 my $total_runs = sum(values %$runs);
 ok($total_runs >= $worker_runs_min,
