@@ -535,6 +535,10 @@ BEGIN
 			given_unique := s.is_unique;
 			names := names || 'token'::text; types := types || 'text'::text; args := args || given;
 		END IF;
+		IF fuzz.r(4) = 0 THEN
+			names := names || 'expires_at'::text; types := types || 'timestamptz'::text;
+			args := args || fuzz.v_expires();
+		END IF;
 	ELSIF w < 34 THEN
 		fn := 'token_user';
 		names := ARRAY[NULL]; types := ARRAY['text']; args := ARRAY[fuzz.v_token(i)];
@@ -550,6 +554,14 @@ BEGIN
 		IF fuzz.r(2) = 0 THEN
 			names := names || 'ttl'::text; types := types || 'interval'::text;
 			args := args || fuzz.v_interval();
+		END IF;
+		IF fuzz.r(3) = 0 THEN
+			names := names || 'idle_timeout'::text; types := types || 'interval'::text;
+			args := args || fuzz.v_interval();
+		END IF;
+		IF fuzz.r(4) = 0 THEN
+			names := names || 'expires_at'::text; types := types || 'timestamptz'::text;
+			args := args || fuzz.v_expires();
 		END IF;
 	ELSIF w < 60 THEN
 		fn := 'token_set_info';
@@ -710,7 +722,8 @@ DECLARE
 BEGIN
 	SELECT * INTO STRICT p FROM fuzz.plan WHERE i = call;
 	EXECUTE p.sql INTO res
-		USING p.args[1], p.args[2], p.args[3], p.args[4], p.args[5], p.args[6], p.args[7];
+		USING p.args[1], p.args[2], p.args[3], p.args[4], p.args[5], p.args[6], p.args[7],
+			p.args[8];
 	IF current_setting('transaction_read_only') = 'on' THEN
 		RETURN res;
 	END IF;
