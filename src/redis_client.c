@@ -13,8 +13,9 @@
  *										its deadline
  *	 <prefix><db>:user:<user id>		set of the user's token keys
  *	 <prefix>events						channel: a message per revocation
- *	 <prefix>mirror						the publisher's marker: gone means
- *										Redis lost its data
+ *	 <prefix>mirror.<system id>			the marker of the publisher of the
+ *										cluster with that system identifier:
+ *										gone means Redis lost its data
  *
  * hiredis calls are not interruptible: every connection has socket
  * timeouts (tokenstore.redis_timeout), replies are freed before anything can
@@ -31,6 +32,7 @@
 #include <ctype.h>
 #include <limits.h>
 
+#include "access/xlog.h"
 #include "fanout.h"
 #include "redis.h"
 #include "redis_client.h"
@@ -711,12 +713,18 @@ redis_user_key(StringInfo buf, const char *db, int dblen, const char *user,
 	appendBinaryStringInfo(buf, user, userlen);
 }
 
-/* The key whose absence tells the publisher that Redis lost its data. */
+/*
+ * The key whose absence tells the publisher that Redis lost its data: one
+ * per cluster (its system identifier), so that clusters sharing a Redis and
+ * a prefix do not take each other's marker for their own.  No ':' follows
+ * the prefix, so no database's pattern matches it.
+ */
 void
 redis_marker_key(StringInfo buf)
 {
 	resetStringInfo(buf);
-	appendStringInfo(buf, "%smirror", tokenstore_redis_prefix);
+	appendStringInfo(buf, "%smirror." UINT64_FORMAT, tokenstore_redis_prefix,
+					 GetSystemIdentifier());
 }
 
 /* A glob pattern matching the keys under the prefix and db, then tail. */
@@ -849,22 +857,35 @@ send_remove(Pipeline *p, const FanoutMsg *m)
 	pfree(event.data);
 }
 
+/* PEXPIREAT of a token's key; with lt, only if it brings the expiry nearer. */
 static void
-send_expire(Pipeline *p, const FanoutMsg *m)
+send_pexpireat(Pipeline *p, const char *db, int dblen, const uint8 *hash,
+			   TimestampTz deadline, bool lt)
 {
 	StringInfoData key;
 	char		ms[32];
-	const char *argv[] = {"PEXPIREAT", NULL, ms};
-	size_t		lens[3] = {9, 0, 0};
+	const char *argv[] = {"PEXPIREAT", NULL, ms, "LT"};
+	size_t		lens[4] = {9, 0, 0, 2};
 
 	initStringInfo(&key);
-	token_key_name(&key, fanout_msg_db(m), m->db_len, m->hash);
+	token_key_name(&key, db, dblen, hash);
 	argv[1] = key.data;
 	lens[1] = key.len;
-	snprintf(ms, sizeof(ms), INT64_FORMAT, unix_ms(m->deadline));
+	snprintf(ms, sizeof(ms), INT64_FORMAT, unix_ms(deadline));
 	lens[2] = strlen(ms);
-	pipe_send(p, 3, argv, lens);
+	pipe_send(p, lt ? 4 : 3, argv, lens);
 	pfree(key.data);
+}
+
+/*
+ * Bring a token key's expiry forward to deadline, if it is later (or none):
+ * never creates the key, never extends it (PEXPIREAT ... LT, Redis 7.0).
+ */
+void
+redis_send_cap(Pipeline *p, const char *db, int dblen, const uint8 *hash,
+			   TimestampTz deadline)
+{
+	send_pexpireat(p, db, dblen, hash, deadline, true);
 }
 
 /* The next batch of a cursor's walk: SCAN of keys, or SSCAN of a set. */
@@ -961,22 +982,32 @@ redis_scan_delete(Pipeline *p, const char *match, KeepFunc keep)
 	return redis_scan(p, NULL, match, delete_batch, &keep);
 }
 
+/* Delete every key of a database (no event). */
+bool
+redis_send_drop_db(Pipeline *p, const char *db, int dblen)
+{
+	StringInfoData match;
+	bool		ok;
+
+	initStringInfo(&match);
+	redis_pattern(&match, db, dblen, "*");
+	ok = redis_scan_delete(p, match.data, NULL);
+	pfree(match.data);
+	return ok;
+}
+
 static void
 send_purge(Pipeline *p, const FanoutMsg *m)
 {
-	StringInfoData match;
 	StringInfoData event;
 
-	initStringInfo(&match);
-	initStringInfo(&event);
-	redis_pattern(&match, fanout_msg_db(m), m->db_len, "*");
-	if (!redis_scan_delete(p, match.data, NULL))
+	if (!redis_send_drop_db(p, fanout_msg_db(m), m->db_len))
 		return;
+	initStringInfo(&event);
 	appendStringInfoString(&event, "{\"event\": \"purge\", \"database\": ");
 	escape_json(&event, pnstrdup(fanout_msg_db(m), m->db_len));
 	appendStringInfoChar(&event, '}');
 	send_publish(p, &event);
-	pfree(match.data);
 	pfree(event.data);
 }
 
@@ -994,7 +1025,8 @@ redis_send_msg(Pipeline *p, const FanoutMsg *m, TimestampTz now)
 						 fanout_msg_value(m), m->value_len, m->deadline);
 			break;
 		case FANOUT_EXPIRE:
-			send_expire(p, m);
+			send_pexpireat(p, fanout_msg_db(m), m->db_len, m->hash, m->deadline,
+						   false);
 			break;
 		case FANOUT_REMOVE:
 			send_remove(p, m);

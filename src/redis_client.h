@@ -56,6 +56,9 @@ extern void redis_send_set(Pipeline *p, const char *db, int dblen,
 						   TimestampTz deadline);
 extern void redis_send_drop(Pipeline *p, const char *db, int dblen,
 							const uint8 *hash, const char *user, int userlen);
+extern void redis_send_cap(Pipeline *p, const char *db, int dblen,
+						   const uint8 *hash, TimestampTz deadline);
+extern bool redis_send_drop_db(Pipeline *p, const char *db, int dblen);
 extern void redis_send_msg(Pipeline *p, const FanoutMsg *m, TimestampTz now);
 extern bool redis_scan(Pipeline *p, const char *set, const char *match,
 					   ScanFunc visit, void *arg);

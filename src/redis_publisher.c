@@ -20,15 +20,22 @@
  *   asks them each second which master they name.
  * - With sentinels, it keeps a subscription to "+switch-master" and wakes
  *   on it, so that a failover is followed as soon as it is announced.
+ * - A write whose deadline has passed by the time the publisher takes it
+ *   (a refresh to zero, an expiry set in the past) ends the token: it is a
+ *   revocation like a delete, in everything below.
  * - Revocations sent to a master that was then demoted may never have
- *   reached its successor: the publisher keeps those it sent in the last
- *   RECENT_MS and sends them again on every new connection, before anything
- *   else.
+ *   reached its successor, nor those of a batch that failed (READONLY, a
+ *   broken connection): the publisher keeps the revocations and purges it
+ *   took in the last RECENT_MS, sent or not, and sends them again on every
+ *   new connection, before anything else.
  * - While a database's worker resynchronises, the publisher holds back the
  *   changes committed meanwhile (they might be older than what the resync
  *   writes; see fanout.c) but not the revocations: those are sent at once,
  *   and the held writes they supersede are dropped when the hold ends, so
- *   that a revoked token never waits for a resync to leave Redis.
+ *   that a revoked token never waits for a resync to leave Redis.  A held
+ *   write with a deadline also brings the key's expiry forward at once
+ *   (PEXPIREAT ... LT: it can shorten, never extend nor create), so that a
+ *   rotation's grace ends in Redis when it ends in PostgreSQL.
  *
  *-------------------------------------------------------------------------
  */
@@ -117,6 +124,24 @@ static bool
 is_revocation(const FanoutMsg *m)
 {
 	return m->kind == FANOUT_REMOVE || m->kind == FANOUT_PURGE;
+}
+
+/*
+ * A write whose deadline has passed ends its token: make it the revocation
+ * it is (redis_send_msg would send it as one anyway), so that it is never
+ * held, supersedes the held writes before it, and is replayed.
+ */
+static void
+mark_ended(char *buf, Size len)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	FanoutMsg  *m;
+
+	for_each_msg(m, buf, len)
+	{
+		if (m->kind == FANOUT_SET && m->deadline <= now)
+			m->kind = FANOUT_REMOVE;
+	}
 }
 
 static void
@@ -256,7 +281,11 @@ replay_recent(Publisher *pub)
 	start_pipeline(pub, &p);
 	for_each_msg(m, pub->recent.data, pub->recent.len)
 	{
-		if (m->committed_at >= since && m->kind == FANOUT_REMOVE)
+		if (m->committed_at < since)
+			continue;
+		if (m->kind == FANOUT_PURGE)
+			(void) redis_send_drop_db(&p, fanout_msg_db(m), m->db_len);
+		else
 			redis_send_drop(&p, fanout_msg_db(m), m->db_len, m->hash,
 							fanout_msg_user(m), m->user_len);
 	}
@@ -413,7 +442,10 @@ publisher_idle(Publisher *pub)
 
 /* ---- sending ---- */
 
-/* Keep the revocations just sent, to send them again to a new master. */
+/*
+ * Keep the revocations about to be sent, to send them again to a new
+ * master (or after the batch failed).
+ */
 static void
 remember(Publisher *pub, const char *buf, Size len)
 {
@@ -423,7 +455,7 @@ remember(Publisher *pub, const char *buf, Size len)
 
 	for_each_msg(m, buf, len)
 	{
-		if (m->kind == FANOUT_REMOVE)
+		if (is_revocation(m))
 			appendBinaryStringInfo(&pub->recent, (const char *) m, m->len);
 	}
 	for_each_msg(m, pub->recent.data, pub->recent.len)
@@ -439,27 +471,31 @@ remember(Publisher *pub, const char *buf, Size len)
 	}
 }
 
-/* Send messages (all, or only revocations); false if the connection failed. */
+/*
+ * Send messages; held: those a hold may not keep back (revocations, and the
+ * expiries the held writes bring forward).  False if the connection failed.
+ */
 static bool
-send_messages(Publisher *pub, const char *buf, Size len, bool revocations)
+send_messages(Publisher *pub, const char *buf, Size len, bool held)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	Pipeline	p;
 	FanoutMsg  *m;
 
+	/* before sending: what a failed batch carried is replayed all the same */
+	remember(pub, buf, len);
 	start_pipeline(pub, &p);
 	for_each_msg(m, buf, len)
 	{
-		if (revocations && !is_revocation(m))
-			continue;
-		redis_send_msg(&p, m, now);
+		if (!held || is_revocation(m))
+			redis_send_msg(&p, m, now);
+		else if (m->kind == FANOUT_SET && m->deadline != DEADLINE_NONE)
+			redis_send_cap(&p, fanout_msg_db(m), m->db_len, m->hash,
+						   m->deadline);
 		if (p.pending >= PIPELINE_DEPTH)
 			(void) pipe_wait(&p);
 	}
-	if (!finish(pub, &p))
-		return false;
-	remember(pub, buf, len);
-	return true;
+	return finish(pub, &p);
 }
 
 /* The key of a message's token, or with purge of its whole database. */
@@ -527,7 +563,8 @@ release_held(Publisher *pub)
 
 /*
  * Keep what a resynchronisation holds back, in order, and send its
- * revocations now; too much of it, and Redis must be written again anyway.
+ * revocations and shortened expiries now; too much of it, and Redis must be
+ * written again anyway.
  */
 static bool
 hold(Publisher *pub, Size len)
@@ -563,6 +600,7 @@ publisher_round(Publisher *pub)
 	bool		held;
 	Size		len = fanout_take(pub->buf, PUBLISH_BUFFER, &held);
 
+	mark_ended(pub->buf, len);
 	if (held && len > 0)
 		(void) hold(pub, len);
 	else if (!held && pub->held.len > 0 && !release_held(pub))

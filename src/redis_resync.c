@@ -10,12 +10,14 @@
  * snapshot), then takes out of the user sets the tokens that are not live
  * (or not that user's), and deletes the keys of tokens that are not live:
  * what was true in Redis stays there throughout, so a reader never sees a
- * live token missing while a resync runs.  The publisher holds back the writes committed
- * meanwhile, but sends revocations at once; so after each page has been
- * written, the page's tokens are looked up again, and those revoked since
- * the page was read are deleted: a revocation that committed before that
- * second look is caught by it, one that committed after reaches Redis after
- * the page's writes did.
+ * live token missing while a resync runs.  The publisher holds back the
+ * writes committed meanwhile, but sends revocations (and expiries brought
+ * forward, such as a rotation's grace) at once; so after each page has been
+ * written, the page's tokens are looked up again: those revoked since the
+ * page was read are deleted, and those whose deadline came nearer get it
+ * (PEXPIREAT ... LT).  A change that committed before that second look is
+ * caught by it, one that committed after reaches Redis after the page's
+ * writes did.
  *
  *-------------------------------------------------------------------------
  */
@@ -170,7 +172,8 @@ pause_if_asked(void)
 
 /*
  * After a page's writes were acknowledged: delete the tokens of the page
- * that were revoked since the page was read.
+ * that were revoked since the page was read, and bring forward the expiry
+ * of those whose deadline came nearer.
  */
 static bool
 recheck_page(Pipeline *p, List *rows)
@@ -178,6 +181,7 @@ recheck_page(Pipeline *p, List *rows)
 	int			n = list_length(rows);
 	TokenKey   *keys = palloc(sizeof(TokenKey) * Max(n, 1));
 	bool	   *live = palloc(sizeof(bool) * Max(n, 1));
+	TimestampTz *deadlines = palloc(sizeof(TimestampTz) * Max(n, 1));
 	ListCell   *lc;
 	int			i = 0;
 
@@ -185,15 +189,21 @@ recheck_page(Pipeline *p, List *rows)
 		return false;
 	foreach(lc, rows)
 		keys[i++] = ((TokenRow *) lfirst(lc))->key;
-	live_among(keys, n, NULL, live);
+	store_begin();
+	store_live_deadlines(keys, n, GetCurrentTimestamp(), live, deadlines);
+	store_end();
 	i = 0;
 	foreach(lc, rows)
 	{
 		TokenRow   *row = lfirst(lc);
 
-		if (!live[i++])
+		if (!live[i])
 			redis_send_drop(p, resync_db, resync_dblen, row->key.bytes,
 							row->user_id, row->user_id ? strlen(row->user_id) : 0);
+		else if (deadlines[i] < row_deadline(row))
+			redis_send_cap(p, resync_db, resync_dblen, row->key.bytes,
+						   deadlines[i]);
+		i++;
 	}
 	return pipe_wait(p);
 }

@@ -143,6 +143,7 @@ typedef enum StoreStmt
 	STMT_FLUSH,
 	STMT_LIVE_PAGE,
 	STMT_LIVE_AMONG,
+	STMT_LIVE_ROWS_AMONG,
 	STMT_SWEEP,
 	STMT_SAVE,
 	STMT_FIND_DATA,
@@ -325,6 +326,11 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 		" WHERE token_hash = ANY ($1) AND " LIVE("$2")
 		" AND ($3::text IS NULL OR user_id = $3)",
 		3, {BYTEAARRAYOID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[STMT_LIVE_ROWS_AMONG] = {
+		"SELECT " READ_COLUMNS " FROM tokenstore.token"
+		" WHERE token_hash = ANY ($1) AND " LIVE("$2"),
+		2, {BYTEAARRAYOID, TIMESTAMPTZOID}
 	},
 
 	/*
@@ -902,6 +908,19 @@ key_cmp(const void *a, const void *b)
 	return memcmp(a, b, sizeof(TokenKey));
 }
 
+/* The n keys as a bytea[] parameter. */
+static Datum
+keys_datum(const TokenKey *keys, int n)
+{
+	Datum	   *hashes = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		hashes[i] = key_datum(&keys[i]);
+	return PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
+										   false, TYPALIGN_INT));
+}
+
 /*
  * Which of the n keys belong to live tokens (of user, unless NULL): live[i]
  * for keys[i].
@@ -926,6 +945,46 @@ store_live_among(const TokenKey *keys, int n, const char *user,
 	qsort(found, nfound, sizeof(TokenKey), key_cmp);
 	for (i = 0; i < n; i++)
 		live[i] = bsearch(&keys[i], found, nfound, sizeof(TokenKey), key_cmp) != NULL;
+	pfree(found);
+}
+
+/* A live token's key and deadline; the key first, for key_cmp. */
+typedef struct KeyDeadline
+{
+	TokenKey	key;
+	TimestampTz deadline;
+} KeyDeadline;
+
+/*
+ * Which of the n keys belong to live tokens, live[i] for keys[i], and their
+ * deadlines (deadlines[i], when live[i]).
+ */
+void
+store_live_deadlines(const TokenKey *keys, int n, TimestampTz now, bool *live,
+					 TimestampTz *deadlines)
+{
+	Datum		values[2] = {keys_datum(keys, n), TimestampTzGetDatum(now)};
+	uint64		nfound = store_exec(STMT_LIVE_ROWS_AMONG, values, NULL, 0);
+	KeyDeadline *found = palloc(sizeof(KeyDeadline) * Max(nfound, 1));
+	uint64		i;
+
+	for (i = 0; i < nfound; i++)
+	{
+		TokenRow	row;
+
+		row_from_result(i, &row);
+		found[i].key = row.key;
+		found[i].deadline = row_deadline(&row);
+	}
+	qsort(found, nfound, sizeof(KeyDeadline), key_cmp);
+	for (i = 0; i < n; i++)
+	{
+		KeyDeadline *k = bsearch(&keys[i], found, nfound, sizeof(KeyDeadline),
+								 key_cmp);
+
+		live[i] = k != NULL;
+		deadlines[i] = k ? k->deadline : 0;
+	}
 	pfree(found);
 }
 

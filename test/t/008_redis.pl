@@ -9,7 +9,6 @@ use Digest::SHA qw(sha256_hex);
 use JSON::PP ();
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
 use TokenstoreRedis;
 use TokenstoreTest;
 
@@ -117,7 +116,15 @@ TokenstoreRedis::wait_redis(sub { present(key($idler)) }, '1', 'the idle token h
 $pttl = $redis->cli('PTTL', key($idler));
 ok($pttl > 0 && $pttl <= 10_000, "it expires within the idle timeout ($pttl ms)");
 my $expiry = $redis->cli('PEXPIRETIME', key($idler));
-usleep(1_000_000);    # for the next use to be measurably later
+# The next use must be measurably later: a second after the use the key's
+# expiry counts from (its expiry less the 10 s idle timeout), by the server's clock.
+TokenstoreRedis::wait_redis(
+	sub {
+		$node->safe_psql($db,
+			'SELECT (extract(epoch FROM pg_catalog.clock_timestamp()) * 1000)::bigint > '
+			  . ($expiry - 10_000 + 1_000));
+	},
+	't', 'a second passes after the last use', 10);
 is($node->safe_psql($db, "SELECT tokenstore.token_user('$idler')"), 'idler', 'a use');
 TokenstoreRedis::wait_redis(
 	sub {

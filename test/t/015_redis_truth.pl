@@ -17,14 +17,19 @@
 #    LOCK TABLE queued behind the refresh holds the write back) must not
 #    extend the key.
 # 2. FLUSHALL and FLUSHDB are noticed: within seconds Redis holds exactly
-#    the table again, a resync is counted, the marker key is back.
+#    the table again, a resync is counted, the marker key is back.  A second
+#    cluster mirroring to the same Redis and prefix has a marker key of its
+#    own: for four seconds neither resynchronises.
 # 3. A resync rewrites Redis in place: stopped between two pages
 #    (tokenstore.debug_pause_resync), Redis still holds exactly the table,
 #    user sets included; stray members of user sets go.  Revocations are
 #    not held during a resync: a revoked key leaves Redis at once while
 #    writes wait (redis_stats shows them queued and held); a token made and
 #    revoked during the pause never appears, a changed one gets its new
-#    value after.
+#    value after.  Writes that end a token (a refresh to zero, an UPDATE of
+#    expires_at to now, a save with an expiry in the past) are revocations:
+#    their keys leave at once; a rotation's old key expires when its grace
+#    ends, the resync still paused; only the rotation's writes are held.
 #    Then a token revoked by another session between its maker's commit
 #    becoming visible and the maker's commit callback queueing its changes
 #    (gdb holds the maker there; skipped without gdb) must not stay in Redis.
@@ -33,9 +38,9 @@
 #    four concurrent sessions; then every key must match its row: existence,
 #    user sets, the JSON's user_id, token_id, created_at, expires_at and
 #    info, and PEXPIRETIME within 1 ms of the deadline (-1 for none).
-# 5. (b) After a restart, redis_stats never says 'up' while Redis differs
-#    from the table (a stray key, missing tokens; the resync is paused to
-#    hold that window open).  (a) With a 64 kB queue and Redis hung
+# 5. (b) After a crash and restart, redis_stats never says 'up' while
+#    Redis differs from the table (a stray key, missing tokens; the resync
+#    is paused to hold that window open).  (a) With a 64 kB queue and Redis hung
 #    (SIGSTOP, and a 10 s timeout that keeps the publisher waiting on it),
 #    2,000 commits that overflow the queue take seconds, not more.
 # 4. The failover gap: revocations reach a master and never its replica
@@ -46,13 +51,19 @@
 #    promotes the replica, and the publisher's replay of recent revocations
 #    removes the keys there while the resync is paused, before any resync
 #    could.  Before that, switching the mirror to the sentinels by a reload
-#    must write the table to the master it then finds.
+#    must write the table to the master it then finds; and before that, a
+#    batch of revocations that failed (a timeout: CLIENT PAUSE WRITE) is sent
+#    again on reconnecting, before any resync could.  After it, SENTINEL
+#    FAILOVER with the old master alive while revocations commit: the
+#    publisher follows within 3 s, and no revoked key lives on at the new
+#    master (the resync paused).
 use strict;
 use warnings;
 use Digest::SHA qw(sha256_hex);
 use File::Copy ();
 use IPC::Run ();
 use JSON::PP ();
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
@@ -63,7 +74,6 @@ use TokenstoreTest;
 my $db = 'postgres';
 my $begin = time;
 my $password = 'truth-secret-42';
-my $marker = 'tokenstore:mirror';
 my $redis = TokenstoreRedis->new(password => $password);
 my $node = TokenstoreTest::node('truth',
 	conf => "tokenstore.redis_url = '" . $redis->url . "'\n"
@@ -72,6 +82,9 @@ my $json = JSON::PP->new->canonical;
 
 # The test's own session: a psql per statement costs a process start.
 my $main = $node->background_psql($db, on_error_stop => 0);
+# The publisher's marker: a key of its own per cluster.
+my $marker = 'tokenstore:mirror.'
+  . $main->query_safe('SELECT system_identifier FROM pg_catalog.pg_control_system()');
 
 sub sql { return $main->query_safe($_[0]); }
 sub stat_of { return sql("SELECT $_[0] FROM tokenstore.redis_stats"); }
@@ -103,6 +116,24 @@ sub set_pause
 		? 'ALTER SYSTEM SET tokenstore.debug_pause_resync = on'
 		: 'ALTER SYSTEM RESET tokenstore.debug_pause_resync');
 	sql('SELECT pg_reload_conf()');
+}
+
+# set_timeout(VALUE, WHAT): tokenstore.redis_timeout set to VALUE (undef:
+# the default), and the publisher connected again with it and up.
+sub set_timeout
+{
+	my ($value, $what) = @_;
+	my $offset = -s $node->logfile;
+
+	sql(defined $value
+		? "ALTER SYSTEM SET tokenstore.redis_timeout = '$value'"
+		: 'ALTER SYSTEM RESET tokenstore.redis_timeout');
+	sql('SELECT pg_reload_conf()');
+	ok((poll(sub { TokenstoreTest::log_since($node, $offset) =~ /tokenstore mirrors tokens to Redis/ }, 30))[0],
+		"$what: the publisher reconnects with the new timeout");
+	TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up', 30,
+		"$what: the mirror is up");
+	return;
 }
 
 # poll(CODE, SECONDS): call CODE every 20 ms until it returns true or
@@ -318,6 +349,47 @@ foreach my $flush ('FLUSHALL', 'FLUSHDB')
 	is($redis->cli('EXISTS', $marker), '1', "$flush: the marker key is back");
 }
 
+# Another cluster mirrors its database to the same Redis, with the same
+# prefix: each publisher checks its own marker, neither takes the other's
+# for a lost Redis (with one marker for all, each would overwrite the other's
+# and both would resynchronise every second).
+{
+	my $resyncs = stat_of('resyncs');
+	my $value = $redis->cli('GET', $marker);
+	my $other = PostgreSQL::Test::Cluster->new('truth_other');
+	$other->init;
+	$other->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'tokenstore'\n"
+		  . "tokenstore.redis_url = '" . $redis->url . "'\n");
+	$other->start;
+	$other->safe_psql('postgres', 'CREATE DATABASE other');
+	$other->safe_psql('other', 'CREATE EXTENSION tokenstore');
+	my $theirs = 'tokenstore:mirror.'
+	  . $other->safe_psql('other', 'SELECT system_identifier FROM pg_catalog.pg_control_system()');
+	isnt($theirs, $marker, 'two clusters: the other cluster has a marker key of its own');
+	TokenstoreTest::wait_for_within($other, 'other',
+		"SELECT state = 'up' AND resyncs > 0 FROM tokenstore.redis_stats", 't', 30,
+		'two clusters: the other mirrors its database');
+	my $token = $other->safe_psql('other', q{SELECT tokenstore.token_make('other')});
+	TokenstoreRedis::wait_redis(
+		sub { $redis->cli('EXISTS', 'tokenstore:other:token:' . sha256_hex($token)) }, '1',
+		'two clusters: a token of the other reaches Redis', 10);
+	my $other_resyncs = $other->safe_psql('other', 'SELECT resyncs FROM tokenstore.redis_stats');
+	my $both = sub {
+		stat_of('resyncs') . ' '
+		  . $other->safe_psql('other', 'SELECT resyncs FROM tokenstore.redis_stats');
+	};
+	# over four of each publisher's checks of its marker, a second apart
+	my ($moved) = poll(sub { $both->() ne "$resyncs $other_resyncs" }, 4.5);
+	ok(!$moved, 'two clusters: for four seconds neither resynchronises');
+	is($redis->cli('GET', $marker), $value, 'two clusters: our marker keeps its value');
+	is($redis->cli('EXISTS', $theirs), '1', "two clusters: the other's marker is there too");
+	is(mismatch(), '', "two clusters: our database's keys are untouched");
+	$other->stop;
+	$redis->cli('DEL', $theirs, 'tokenstore:other:token:' . sha256_hex($token),
+		'tokenstore:other:user:other');
+}
+
 # ======== 3. revocations are not held during a resync ========
 
 # A resync Redis did not ask for (a trigger of the table was disabled and
@@ -346,6 +418,11 @@ foreach my $flush ('FLUSHALL', 'FLUSHDB')
 # these hashes are in its first page, the last are not.
 my @sorted = sort { sha256_hex($a) cmp sha256_hex($b) } @bulk;
 my ($victim, $changed, $late) = @sorted[ 0, 1, -1 ];
+my ($zeroed, $updated, $rotated) = @sorted[ 2, 3, 4 ];
+# A session whose hash comes first, so that the first page has it too.
+my $session = (grep { sha256_hex($_) lt '01' } map { "ended-session-id-$_" } 0 .. 100_000)[0];
+is(sql("SELECT tokenstore.token_save('$session', NULL, '\\x00'::bytea, "
+	  . "pg_catalog.now() + interval '1 day')"), 't', 'pause: a session is saved');
 my $resyncs = stat_of('resyncs');
 set_pause(1);
 is($redis->cli('FLUSHALL'), 'OK', 'pause: FLUSHALL starts a resync');
@@ -354,7 +431,7 @@ is(stat_of('state'), 'resync', "pause: redis_stats says 'resync'");
 is($redis->cli('EXISTS', key($victim), key($changed)) . $redis->cli('EXISTS', key($late)), '20',
 	'pause: the first page is written, the last is not');
 is(sql("SELECT tokenstore.token_delete('$victim')"), 't', 'pause: a mirrored token is revoked');
-my ($victim_gone, $victim_took) = poll(sub { $redis->cli('EXISTS', key($victim)) eq '0' }, 3);
+my ($victim_gone, $victim_took) = poll(sub { $redis->cli('EXISTS', key($victim)) eq '0' }, 1);
 ok($victim_gone, sprintf('pause: its key leaves Redis at once (%.2f s)', $victim_took));
 is(sql("SELECT tokenstore.token_delete('$late')"), 't', 'pause: a token not yet rewritten is revoked');
 my $new = sql(q{SELECT tokenstore.token_make('pause-new')});
@@ -369,6 +446,35 @@ is(stat_of('queued > 0, held > 0, oldest_unsent IS NOT NULL'), 't|t|t',
 is($redis->cli('EXISTS', key($new), key($ghost)), '0', 'pause: the new tokens are not in Redis');
 is_deeply($redis->json(key($changed))->{info}, { n => (grep { $bulk[$_] eq $changed } 0 .. $#bulk)[0] + 1 },
 	'pause: the changed token has its old info meanwhile');
+# Writes that end a token are revocations, never held: a refresh to zero,
+# an operator's UPDATE of expires_at to now, a save with an expiry in the
+# past.  A rotation's grace ends in Redis when it ends in PostgreSQL (its
+# heir, a new token, is held like any write).
+is($redis->cli('EXISTS', map { key($_) } $zeroed, $updated, $rotated, $session), '4',
+	'ended: four tokens the first page wrote');
+is(sql("SELECT tokenstore.token_refresh('$zeroed', '0')"), 't', 'ended: a refresh to zero');
+is(sql('WITH u AS (UPDATE tokenstore.token SET expires_at = pg_catalog.now() '
+		  . "WHERE token_hash = sha256(convert_to('$updated', 'UTF8')) RETURNING 1) "
+		  . 'SELECT count(*) FROM u'), '1', "ended: an operator's UPDATE of expires_at to now");
+sql("SELECT tokenstore.token_save('$session', NULL, '\\x01'::bytea, "
+	  . "pg_catalog.now() - interval '1 second')");
+is(sql("SELECT tokenstore.token_data('$session') IS NULL"), 't',
+	'ended: a save with an expiry in the past ends the session');
+my ($ended, $ended_took) =
+  poll(sub { $redis->cli('EXISTS', map { key($_) } $zeroed, $updated, $session) eq '0' }, 1);
+ok($ended, sprintf('ended: their keys leave Redis at once (%.2f s)', $ended_took));
+my $heir3 = sql("SELECT tokenstore.token_rotate('$rotated', '2 seconds')");
+my $grace_end = deadline_ms($rotated);
+ok((poll(sub { $redis->cli('PEXPIRETIME', key($rotated)) eq $grace_end }, 2))[0],
+	'ended: a rotation brings its old key\'s expiry forward to the end of the grace at once');
+my ($graced, $graced_took) = poll(sub { $redis->cli('EXISTS', key($rotated)) eq '0' }, 5);
+ok($graced, sprintf('ended: the old key leaves Redis when the grace ends (%.2f s)', $graced_took));
+is($redis->cli('EXISTS', key($heir3)), '0', 'ended: the heir is not in Redis yet');
+TokenstoreTest::wait_for_within($node, $db, 'SELECT held FROM tokenstore.redis_stats', '5', 5,
+	"ended: the publisher holds the rotation's two writes too, not the ended tokens'");
+sql('DELETE FROM tokenstore.token WHERE token_hash IN ('
+	  . join(', ', map { "sha256(convert_to('$_', 'UTF8'))" } $zeroed, $updated, $rotated, $session)
+	  . ')');
 is(paused() . ' ' . stat_of('resyncs'), "1 $resyncs", 'pause: the resync is still paused');
 set_pause(0);
 TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'pause released: Redis converges');
@@ -377,8 +483,9 @@ TokenstoreTest::wait_for_within($node, $db,
 	'pause released: up, nothing held or queued');
 is_deeply($redis->json(key($changed))->{info}, { v => 'after' },
 	'pause released: the changed token has its new info');
-is(join(' ', map { $redis->cli('EXISTS', key($_)) } $new, $ghost, $victim, $late), '1 0 0 0',
-	'pause released: the new token is there; the made-and-revoked, the revoked are not');
+is(join(' ', map { $redis->cli('EXISTS', key($_)) } $new, $heir3, $ghost, $victim, $late),
+	'1 1 0 0 0',
+	'pause released: the new token and the heir are there; the made-and-revoked, the revoked are not');
 # Fewer keys make the later comparisons quicker.
 sql(q{DELETE FROM tokenstore.token WHERE user_id LIKE 'bulk%' OR user_id IN ('race', 'barrier')});
 TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'the bulk tokens are deleted from Redis too');
@@ -686,15 +793,17 @@ rewritten('load');
 
 # ======== 5. 'up' only once synced; overflow does not stall commits ========
 
-# (b) A restart while Redis holds a stray key and lacks tokens; the resync
-# is paused, so the window where the mirror is connected but Redis still
-# wrong stays open, and redis_stats is sampled from the start.
+# (b) A restart after a crash (an immediate stop: the next start recovers
+# from WAL, and the queue in shared memory is lost) while Redis holds a
+# stray key and lacks tokens; the resync is paused, so the window where the
+# mirror is connected but Redis still wrong stays open, and redis_stats is
+# sampled from the start.
 my @kept = split /\n/, sql(q{SELECT tokenstore.token_make('restart') FROM generate_series(1, 3)});
 barrier();
 TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'restart: Redis holds the table');
 set_pause(1);
 $main->quit;
-$node->stop;
+$node->stop('immediate');
 my $stray = "tokenstore:$db:token:" . ('0' x 64);
 $redis->cli('SET', $stray, '{"user_id": "restart"}');
 $redis->cli('SADD', "tokenstore:$db:user:restart", $stray);
@@ -734,13 +843,7 @@ is(join("\n---\n", @lies), '', "restart: whenever it said 'up', Redis held exact
 
 # (a) Redis hangs (SIGSTOP) with a 64 kB queue: the publisher waits on it
 # (a 10 s timeout), the queue fills and each later commit overflows it.
-my $offset = -s $node->logfile;
-sql("ALTER SYSTEM SET tokenstore.redis_timeout = '10s'");
-sql('SELECT pg_reload_conf()');
-ok((poll(sub { TokenstoreTest::log_since($node, $offset) =~ /tokenstore mirrors tokens to Redis/ }, 30))[0],
-	'overflow: the publisher reconnects with a 10 s timeout');
-TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up', 30,
-	'overflow: the mirror is up');
+set_timeout('10s', 'overflow');
 my $overflows = stat_of('overflows');
 kill 'STOP', $redis->pid;
 my $start5 = time;
@@ -763,6 +866,33 @@ TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_
 sql(q{DELETE FROM tokenstore.token WHERE user_id LIKE 'overflow%' OR user_id = 'barrier'});
 
 # ======== 4. the failover gap ========
+# A batch of revocations that fails (here a timeout: Redis takes no writes
+# for a while, CLIENT PAUSE WRITE; a READONLY from a demoted master or a
+# broken connection fail it alike) is sent again on the next connection,
+# before the resync (paused here) could.  (Without a sentinel watching:
+# one would take the paused master for down.)
+{
+	# the default timeout again (1 s): a batch times out soon
+	set_timeout(undef, 'failed batch');
+	my @cut = split /\n/, sql(q{SELECT tokenstore.token_make('cut') FROM generate_series(1, 3)});
+	barrier();
+	my $resyncs = stat_of('resyncs');
+	set_pause(1);
+	is($redis->cli('CLIENT', 'PAUSE', '20000', 'WRITE'), 'OK', 'failed batch: Redis takes no writes');
+	is(sql("SELECT count(*) FILTER (WHERE tokenstore.token_delete(t)) FROM unnest(ARRAY['"
+			  . join("', '", @cut) . "']) t"), '3', 'failed batch: three tokens are revoked');
+	ok((poll(sub { stat_of('state') eq 'down' }, 10))[0],
+		'failed batch: the batch times out, the connection is dropped');
+	is($redis->cli('EXISTS', map { key($_) } @cut), '3', 'failed batch: the keys are still there');
+	is($redis->cli('CLIENT', 'UNPAUSE'), 'OK', 'failed batch: Redis takes writes again');
+	my ($sent, $took) = poll(sub { $redis->cli('EXISTS', map { key($_) } @cut) eq '0' }, 10);
+	ok($sent, sprintf('failed batch: the revocations are sent again on reconnecting (%.2f s)', $took));
+	is(stat_of('resyncs'), $resyncs, 'failed batch: no resync has finished meanwhile');
+	set_pause(0);
+	TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'failed batch: Redis converges');
+	TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up', 30,
+		'failed batch: and the mirror is up');
+}
 
 my $master = TokenstoreRedis->new(password => $password, name => 'master');
 my $replica = TokenstoreRedis->new(password => $password, replicaof => $master,
@@ -770,7 +900,6 @@ my $replica = TokenstoreRedis->new(password => $password, replicaof => $master,
 my $sentinel = TokenstoreRedis::sentinel($master);
 sql("ALTER SYSTEM SET tokenstore.redis_sentinels = '127.0.0.1:" . $sentinel->port . "'");
 sql("ALTER SYSTEM SET tokenstore.redis_url = 'redis://:$password\@/0'");
-sql('ALTER SYSTEM RESET tokenstore.redis_timeout');
 sql('SELECT pg_reload_conf()');
 TokenstoreTest::wait_for_within($node, $db,
 	"SELECT state = 'up' AND server = '127.0.0.1:" . $master->port . "' FROM tokenstore.redis_stats",
@@ -815,6 +944,51 @@ TokenstoreRedis::wait_redis(sub { mismatch($replica) }, '',
 	'failover: released, the new master holds exactly the table');
 TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up', 30,
 	'failover: and the mirror is up');
+
+# SENTINEL FAILOVER with the old master alive: revocations commit one every
+# 40 ms while the sentinel promotes a replica.  Those the publisher sends to
+# the old master after the promotion (taken and lost when it becomes a
+# replica, or refused with READONLY) must not live on at the new master; the
+# resync is paused, so only the replay can remove them there.
+{
+	my $third = TokenstoreRedis->new(password => $password, replicaof => $replica,
+		name => 'third');
+	my @gap = split /\n/, sql(q{SELECT tokenstore.token_make('gap') FROM generate_series(1, 100)});
+	my @gap_keys = map { key($_) } @gap;
+	barrier($replica);
+	ok((poll(sub { $third->cli('EXISTS', @gap_keys) eq '100' }, 30))[0],
+		'old master alive: a hundred tokens reach the master and its replica');
+	ok((poll(sub { $sentinel->replicas_ok > 0 }, 60))[0],
+		'old master alive: the sentinel knows the replica');
+	my $resyncs = stat_of('resyncs');
+	set_pause(1);
+	my $revoker = $node->background_psql($db);
+	$revoker->query_until(qr/revoking/,
+		"\\echo revoking\n" . 'DO $$ DECLARE t text; BEGIN FOREACH t IN ARRAY ARRAY[\''
+		  . join("', '", @gap) . "']::text[] LOOP PERFORM tokenstore.token_delete(t); COMMIT; "
+		  . "PERFORM pg_catalog.pg_sleep(0.04); END LOOP; END \$\$;\n");
+	is($sentinel->failover, $third->port,
+		'old master alive: SENTINEL FAILOVER, while revocations commit, promotes the replica');
+	my ($switched, $switch_took) =
+	  poll(sub { stat_of('server') eq '127.0.0.1:' . $third->port }, 3);
+	ok($switched,
+		sprintf('old master alive: the publisher follows %.2f s after the sentinel names the new master',
+			$switch_took));
+	is($revoker->query_safe("SELECT 'done'"), 'done', 'old master alive: the revocations committed');
+	$revoker->quit;
+	is(sql("SELECT count(*) FROM tokenstore.token WHERE user_id = 'gap'"), '0',
+		'old master alive: all of them');
+	my ($gone4, $took4b) = poll(sub { $third->cli('EXISTS', @gap_keys) eq '0' }, 5);
+	ok($gone4,
+		sprintf('old master alive: no revoked key lives on at the new master (%.2f s)', $took4b))
+	  or diag('still there: ' . $third->cli('EXISTS', @gap_keys));
+	is(stat_of('resyncs'), $resyncs, 'old master alive: no resync has finished meanwhile');
+	set_pause(0);
+	TokenstoreRedis::wait_redis(sub { mismatch($third) }, '',
+		'old master alive: released, the new master holds exactly the table');
+	TokenstoreTest::wait_for_within($node, $db, 'SELECT state FROM tokenstore.redis_stats', 'up', 30,
+		'old master alive: and the mirror is up');
+}
 $main->quit;
 note(sprintf('015_redis_truth: %.1f s', time - $begin));
 
