@@ -34,6 +34,7 @@
 
 #include "access/xlog.h"
 #include "fanout.h"
+#include "lib/stringinfo.h"
 #include "redis.h"
 #include "redis_client.h"
 #ifdef TOKENSTORE_TLS

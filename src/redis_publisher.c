@@ -44,6 +44,7 @@
 #include <poll.h>
 
 #include "fanout.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"

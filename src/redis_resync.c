@@ -25,6 +25,7 @@
 
 #include "commands/dbcommands.h"
 #include "fanout.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/interrupt.h"

@@ -908,19 +908,6 @@ key_cmp(const void *a, const void *b)
 	return memcmp(a, b, sizeof(TokenKey));
 }
 
-/* The n keys as a bytea[] parameter. */
-static Datum
-keys_datum(const TokenKey *keys, int n)
-{
-	Datum	   *hashes = palloc(sizeof(Datum) * Max(n, 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		hashes[i] = key_datum(&keys[i]);
-	return PointerGetDatum(construct_array(hashes, n, BYTEAOID, -1,
-										   false, TYPALIGN_INT));
-}
-
 /*
  * Which of the n keys belong to live tokens (of user, unless NULL): live[i]
  * for keys[i].

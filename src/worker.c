@@ -46,6 +46,7 @@
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "fanout.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
