@@ -10,8 +10,9 @@
 #     sid = $1;
 #   - a request that finds the session and keeps it alive (idle mode):
 #     token_data + token_touch / SELECT + UPDATE ... SET expire;
-# and WAL bytes per save of a 2 kB session (one transaction each, as
-# requests do), with the share of HOT updates among them.
+# WAL bytes per save of a 2 kB session (one transaction each, as
+# requests do), with the share of HOT updates among them; and the table's
+# size before and after 40,000 saves of the same 1,000 sessions (bloat).
 # Nothing here is asserted: the targets are printed next to the results.
 #
 # Run alone: `bash test/bench/session.sh` prints a table of its own;
@@ -44,6 +45,9 @@ script save "SELECT tokenstore.token_save($sid, NULL, (SELECT payload FROM bench
 script plain_save "INSERT INTO bench.session (sid, sess, expire)
 	VALUES ($sid, (SELECT convert_from(payload, 'UTF8')::json FROM bench.payload), now() + interval '1 day')
 	ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expire = excluded.expire;"
+# the same 1,000 sessions saved again and again, as express-session does
+printf '\\set i random(1, 1000)\nSELECT tokenstore.token_save(%s, NULL, (SELECT payload FROM bench.payload), now() + interval '"'"'1 day'"'"');\n' \
+	"$sid" >"$DIR/resave.sql"
 chown postgres: "$DIR"/*.sql
 
 # room for every session's payload: 13 chunks of 264 bytes each
@@ -120,6 +124,17 @@ IFS='|' read -r wal_save hot_save <<<"$(wal_per_save tokenstore.token save)"
 IFS='|' read -r wal_plain hot_plain <<<"$(wal_per_save bench.session plain_save)"
 sql -c "ALTER SYSTEM RESET full_page_writes" -c "SELECT pg_reload_conf()" >/dev/null
 
+# Bloat: the table with its TOAST table and indexes, before and after
+# RESAVES saves of 1,000 sessions (each saved about RESAVES / 1,000 times),
+# with autovacuum as configured by default.
+RESAVES=40000
+token_size() { sql -c "SELECT pg_total_relation_size('tokenstore.token')"; }
+size_before=$(token_size)
+as_postgres "$BIN/pgbench" -h "$DIR" -p "$PORT" -n -M prepared -c "$CLIENTS" -j 2 \
+	-t $((RESAVES / CLIENTS)) -f "$DIR/resave.sql" postgres >/dev/null
+size_after=$(token_size)
+mb() { awk -v b="$1" 'BEGIN {printf "%.1f MB", b / 1048576}'; }
+
 if ((!rows_only)); then
 	echo "machine: $(nproc) cores; pgbench -M prepared -c $CLIENTS -j 2 -T $RUN_SECONDS, median of $ROUNDS interleaved rounds; PostgreSQL $(sql -c 'SHOW server_version')"
 	echo
@@ -139,4 +154,5 @@ cat <<TABLE
 | **request / plain store** | **$(ratio "$t_request" "$t_plain_request")** | ≥ 3 |
 | WAL per save of a 2 kB session (no full-page images): \`token_save\` | $wal_save bytes ($hot_save % HOT) | ≤ the plain store's |
 | WAL per save of a 2 kB session (no full-page images): plain upsert | $wal_plain bytes ($hot_plain % HOT) | |
+| sessions' table with TOAST and indexes, before and after $RESAVES saves of 1,000 sessions | $(mb "$size_before") → $(mb "$size_after") | no growth |
 TABLE
