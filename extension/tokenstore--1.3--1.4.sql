@@ -7,7 +7,8 @@
  * can be infinite, 17 and later), token_refresh gains idle_timeout and
  * expires_at.  Both are created anew, with the grants the old ones had, so
  * the application keeps its rights; carry_grants does that for this and
- * later updates.  The table and every token stay as they were.
+ * later updates.  Every token stays as it was; the table keeps a session's
+ * data in its row up to about 8 kB.
  */
 
 \echo Use "ALTER EXTENSION tokenstore UPDATE TO '1.4'" to load this file. \quit
@@ -75,3 +76,10 @@ SELECT tokenstore_internal.carry_grants(o::pg_catalog.regprocedure, n::pg_catalo
 				'tokenstore.token_refresh(text, interval, interval, timestamptz)')) AS f(o, n);
 DROP FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text);
 DROP FUNCTION tokenstore.token_refresh(text, interval);
+
+/*
+ * A session's data stays in its row up to about 8 kB: a save is then a HOT
+ * update the page prunes by itself, not a dead TOAST value per save left for
+ * VACUUM.  Data stored before moves into its row at its next save.
+ */
+ALTER TABLE tokenstore.token SET (toast_tuple_target = 8160);

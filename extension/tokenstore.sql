@@ -39,6 +39,11 @@ COMMENT ON SCHEMA tokenstore_internal IS
  * Every time is finite and at most 9999-12-31, and an idle timeout at most
  * 72,000,000 hours (about 8,200 years): then no deadline arithmetic, in SQL
  * or in C, can leave the range of timestamptz.
+ *
+ * A session's data stays in its row up to about 8 kB, not in the TOAST
+ * table: a save then is a HOT update whose old version the page itself
+ * prunes, where an out-of-line value leaves a dead TOAST value per save
+ * for VACUUM (a framework saves on every request).
  */
 CREATE TABLE tokenstore.token (
 	token_hash		bytea PRIMARY KEY
@@ -67,7 +72,7 @@ CREATE TABLE tokenstore.token (
 	rotated_at		timestamptz,
 	data			bytea,
 	sweep_at		timestamptz
-) WITH (fillfactor = 90);
+) WITH (fillfactor = 90, toast_tuple_target = 8160);
 
 COMMENT ON TABLE tokenstore.token IS
 	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';

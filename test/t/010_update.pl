@@ -134,6 +134,9 @@ my $schema = q{
 	 WHERE c.relnamespace IN ('tokenstore'::regnamespace, 'tokenstore_internal'::regnamespace)
 	   AND a.attnum > 0 AND NOT a.attisdropped
 	UNION ALL
+	SELECT string_agg(format('%s %s', relname, reloptions), ', ' ORDER BY relname) FROM pg_class
+	 WHERE relnamespace IN ('tokenstore'::regnamespace, 'tokenstore_internal'::regnamespace)
+	UNION ALL
 	SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname) FROM pg_constraint
 	 WHERE conrelid = 'tokenstore.token'::regclass
 	UNION ALL
@@ -155,7 +158,7 @@ $updated = $node->safe_psql($db, $schema);
 $node->safe_psql($db, 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION tokenstore');
 is($node->safe_psql('fresh', $schema), $updated,
-	'an updated database has the objects, constraints, triggers and privileges of a new one');
+	'an updated database has the objects, storage options, constraints, triggers and privileges of a new one');
 
 # 1.1 to 1.2: served as 1.1 until the update; token_rotate, whose signature
 # grew, keeps its grants; the new functions wait for the README's grant
