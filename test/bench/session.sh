@@ -11,7 +11,8 @@
 #   - a request that finds the session and keeps it alive (idle mode):
 #     token_data + token_touch / SELECT + UPDATE ... SET expire;
 # WAL bytes per save of a 2 kB session (one transaction each, as
-# requests do), with the share of HOT updates among them; and the table's
+# requests do), of the same data and of new data, with the share of HOT
+# updates among them; and the table's
 # size before and after 40,000 saves of the same 1,000 sessions (bloat).
 # Nothing here is asserted: the targets are printed next to the results.
 #
@@ -44,6 +45,13 @@ UPDATE bench.session SET expire = now() + interval '1 day' WHERE sid = $sid;"
 script save "SELECT tokenstore.token_save($sid, NULL, (SELECT payload FROM bench.payload), now() + interval '1 day');"
 script plain_save "INSERT INTO bench.session (sid, sess, expire)
 	VALUES ($sid, (SELECT convert_from(payload, 'UTF8')::json FROM bench.payload), now() + interval '1 day')
+	ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expire = excluded.expire;"
+# a save of 2 kB of new data (as a session whose content all changes): 64
+# random hex strings, the same shape for both stores
+fresh="(SELECT '{\"k\": \"' || string_agg(md5(random()::text), '') || '\"}' FROM generate_series(1, 64))"
+script fresh_save "SELECT tokenstore.token_save($sid, NULL, convert_to($fresh, 'UTF8'), now() + interval '1 day');"
+script plain_fresh_save "INSERT INTO bench.session (sid, sess, expire)
+	VALUES ($sid, $fresh::json, now() + interval '1 day')
 	ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expire = excluded.expire;"
 # the same 1,000 sessions saved again and again, as express-session does
 for s in save plain_save; do
@@ -123,6 +131,8 @@ t_plain_request=$(median "${r_plain_request[@]}")
 sql -c "ALTER SYSTEM SET full_page_writes = off" -c "SELECT pg_reload_conf()" >/dev/null
 IFS='|' read -r wal_save hot_save <<<"$(wal_per_save tokenstore.token save)"
 IFS='|' read -r wal_plain hot_plain <<<"$(wal_per_save bench.session plain_save)"
+IFS='|' read -r wal_fresh hot_fresh <<<"$(wal_per_save tokenstore.token fresh_save)"
+IFS='|' read -r wal_plain_fresh hot_plain_fresh <<<"$(wal_per_save bench.session plain_fresh_save)"
 sql -c "ALTER SYSTEM RESET full_page_writes" -c "SELECT pg_reload_conf()" >/dev/null
 
 # Bloat: how much the table with its TOAST table and indexes grows over
@@ -158,6 +168,8 @@ cat <<TABLE
 | **request / plain store** | **$(ratio "$t_request" "$t_plain_request")** | ≥ 3 |
 | WAL per save of a 2 kB session (no full-page images): \`token_save\` | $wal_save bytes ($hot_save % HOT) | ≤ the plain store's |
 | WAL per save of a 2 kB session (no full-page images): plain upsert | $wal_plain bytes ($hot_plain % HOT) | |
+| WAL per save of 2 kB of new data: \`token_save\` | $wal_fresh bytes ($hot_fresh % HOT) | ≤ the plain store's |
+| WAL per save of 2 kB of new data: plain upsert | $wal_plain_fresh bytes ($hot_plain_fresh % HOT) | |
 | growth of the table with its TOAST table and indexes over $RESAVES saves of the same 1,000 sessions: \`token_save\` | $grow_save | no growth |
 | … the same for the plain store | $grow_plain | |
 TABLE
