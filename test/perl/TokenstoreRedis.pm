@@ -344,7 +344,8 @@ sub mismatch
 	{
 		my ($hash, $user) = split /\|/, $_, 2;
 		$want{"${ns}token:$hash"} = $user;
-		push @{ $sets{"${ns}user:$user"} }, "${ns}token:$hash";
+		# an anonymous session (NULL user) is in no user's set
+		push @{ $sets{"${ns}user:$user"} }, "${ns}token:$hash" if $user ne '';
 	}
 
 	my $all = $redis->contents;
