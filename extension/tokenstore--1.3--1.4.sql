@@ -8,7 +8,7 @@
  * expires_at.  Both are created anew, with the grants the old ones had, so
  * the application keeps its rights; carry_grants does that for this and
  * later updates.  Every token stays as it was; the table keeps a session's
- * data in its row up to about 8 kB.
+ * data in its row up to about 4 kB.
  */
 
 \echo Use "ALTER EXTENSION tokenstore UPDATE TO '1.4'" to load this file. \quit
@@ -33,10 +33,22 @@ BEGIN
 				 ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
 			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
 	END LOOP;
+	/*
+	 * A GRANT in an extension's script counts as one of its initial
+	 * privileges, which pg_dump leaves out: the new function's are its
+	 * owner's alone, as in a new installation, so that a dump keeps them.
+	 */
+	UPDATE pg_catalog.pg_init_privs i
+	   SET initprivs = ARRAY[pg_catalog.makeaclitem(p.proowner, p.proowner, 'EXECUTE', false)]
+	  FROM pg_catalog.pg_proc p
+	 WHERE p.oid OPERATOR(pg_catalog.=) new_function
+	   AND i.objoid OPERATOR(pg_catalog.=) p.oid
+	   AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+	   AND i.objsubid OPERATOR(pg_catalog.=) 0;
 END
 $carry$;
 COMMENT ON FUNCTION tokenstore_internal.carry_grants(regprocedure, regprocedure) IS
-	'for update scripts: grant a function''s EXECUTE rights to the function that replaces it';
+	'for update scripts: grant a function''s EXECUTE rights to the function that replaces it, as grants a dump keeps';
 REVOKE ALL ON FUNCTION tokenstore_internal.carry_grants(regprocedure, regprocedure) FROM PUBLIC;
 
 CREATE FUNCTION tokenstore.token_make(user_id text,
@@ -74,12 +86,19 @@ SELECT tokenstore_internal.carry_grants(o::pg_catalog.regprocedure, n::pg_catalo
 				'tokenstore.token_make(text, jsonb, interval, interval, text, integer, text, timestamptz)'),
 			   ('tokenstore.token_refresh(text, interval)',
 				'tokenstore.token_refresh(text, interval, interval, timestamptz)')) AS f(o, n);
+/*
+ * The update to 1.2 carried token_rotate's grants in its script, which made
+ * them initial privileges that pg_dump leaves out: carried again onto the
+ * function itself, they become grants a dump keeps.
+ */
+SELECT tokenstore_internal.carry_grants(f, f)
+  FROM pg_catalog.to_regprocedure('tokenstore.token_rotate(text, interval, text, text)') AS f;
 DROP FUNCTION tokenstore.token_make(text, jsonb, interval, interval, text, integer, text);
 DROP FUNCTION tokenstore.token_refresh(text, interval);
 
 /*
- * A session's data stays in its row up to about 8 kB: a save is then a HOT
- * update the page prunes by itself, not a dead TOAST value per save left for
- * VACUUM.  Data stored before moves into its row at its next save.
+ * A row stays whole up to 4064 bytes (see tokenstore.sql): a save is then
+ * a HOT update the page prunes by itself, not a dead TOAST value per save
+ * left for VACUUM.  Data stored before moves into its row at its next save.
  */
-ALTER TABLE tokenstore.token SET (toast_tuple_target = 8160);
+ALTER TABLE tokenstore.token SET (toast_tuple_target = 4064);

@@ -40,10 +40,12 @@ COMMENT ON SCHEMA tokenstore_internal IS
  * 72,000,000 hours (about 8,200 years): then no deadline arithmetic, in SQL
  * or in C, can leave the range of timestamptz.
  *
- * A session's data stays in its row up to about 8 kB, not in the TOAST
- * table: a save then is a HOT update whose old version the page itself
+ * A row stays whole up to 4064 bytes (its session's data not in the TOAST
+ * table): a save then is a HOT update whose old version the page itself
  * prunes, where an out-of-line value leaves a dead TOAST value per save
- * for VACUUM (a framework saves on every request).
+ * for VACUUM (a framework saves on every request).  Two versions of such a
+ * row fit on one page, as a HOT update needs; 4064 is also the most a page
+ * of 4 kB allows.
  */
 CREATE TABLE tokenstore.token (
 	token_hash		bytea PRIMARY KEY
@@ -72,7 +74,7 @@ CREATE TABLE tokenstore.token (
 	rotated_at		timestamptz,
 	data			bytea,
 	sweep_at		timestamptz
-) WITH (fillfactor = 90, toast_tuple_target = 8160);
+) WITH (fillfactor = 90, toast_tuple_target = 4064);
 
 COMMENT ON TABLE tokenstore.token IS
 	'tokenstore tokens, keyed by SHA-256; use the tokenstore functions, not this table';
@@ -405,10 +407,22 @@ BEGIN
 				 ELSE g.grantee::pg_catalog.regrole::pg_catalog.text END,
 			CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
 	END LOOP;
+	/*
+	 * A GRANT in an extension's script counts as one of its initial
+	 * privileges, which pg_dump leaves out: the new function's are its
+	 * owner's alone, as in a new installation, so that a dump keeps them.
+	 */
+	UPDATE pg_catalog.pg_init_privs i
+	   SET initprivs = ARRAY[pg_catalog.makeaclitem(p.proowner, p.proowner, 'EXECUTE', false)]
+	  FROM pg_catalog.pg_proc p
+	 WHERE p.oid OPERATOR(pg_catalog.=) new_function
+	   AND i.objoid OPERATOR(pg_catalog.=) p.oid
+	   AND i.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+	   AND i.objsubid OPERATOR(pg_catalog.=) 0;
 END
 $carry$;
 COMMENT ON FUNCTION tokenstore_internal.carry_grants(regprocedure, regprocedure) IS
-	'for update scripts: grant a function''s EXECUTE rights to the function that replaces it';
+	'for update scripts: grant a function''s EXECUTE rights to the function that replaces it, as grants a dump keeps';
 
 /* ---- privileges: nothing for PUBLIC ---- */
 

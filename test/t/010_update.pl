@@ -157,6 +157,15 @@ is($node->safe_psql($db, "SELECT tokenstore.token_user('$token{multi}')",
 		extra_params => [ '-U', 'app' ]),
 	'ann', 'the README grants give the application its rights back');
 
+# the extension's initial privileges (pg_dump leaves them out of a dump)
+my $init_privs = q{
+	SELECT string_agg(format('%s %s', pg_describe_object(classoid, objoid, objsubid), initprivs), ', '
+					  ORDER BY pg_describe_object(classoid, objoid, objsubid))
+	  FROM pg_init_privs
+	 WHERE objoid IN (SELECT objid FROM pg_depend
+					   WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'tokenstore'))
+};
+
 # the updated schema is the one a new installation gets
 my $schema = q{
 	SELECT string_agg(format('%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY c.relname, a.attnum)
@@ -166,6 +175,8 @@ my $schema = q{
 	UNION ALL
 	SELECT string_agg(format('%s %s', relname, reloptions), ', ' ORDER BY relname) FROM pg_class
 	 WHERE relnamespace IN ('tokenstore'::regnamespace, 'tokenstore_internal'::regnamespace)
+	UNION ALL
+} . $init_privs . q{
 	UNION ALL
 	SELECT string_agg(conname || ' ' || pg_get_constraintdef(oid), ', ' ORDER BY conname) FROM pg_constraint
 	 WHERE conrelid = 'tokenstore.token'::regclass
@@ -188,7 +199,7 @@ $updated = $node->safe_psql($db, $schema);
 $node->safe_psql($db, 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION tokenstore');
 is($node->safe_psql('fresh', $schema), $updated,
-	'an updated database has the objects, storage options, constraints, triggers and privileges of a new one');
+	'an updated database has the objects, storage options, constraints, triggers, privileges and initial privileges (what pg_dump leaves out) of a new one');
 
 # 1.0 to 1.1 bounds stored times, which 1.0 did not (only idle_timeout's
 # days and months were refused): rows an operator edited by hand are brought
@@ -371,6 +382,12 @@ is($node->safe_psql('v12',
 		"SELECT tokenstore.token_refresh('$v13', idle_timeout => '5 minutes', expires_at => 'infinity')",
 		extra_params => [ '-U', 'app' ]),
 	't', 'the application refreshes with the new arguments');
+# the grants the updates carried (token_rotate's to 1.2, token_make's and
+# token_refresh's to 1.4) are grants a dump keeps, not initial privileges
+is($node->safe_psql('v11', $init_privs), $node->safe_psql('fresh', $init_privs),
+	'after 1.1 to 1.4 the initial privileges are a new installation\'s: a dump keeps the carried grants');
+is($node->safe_psql('v12', $init_privs), $node->safe_psql('fresh', $init_privs),
+	'after 1.2 to 1.4 too');
 is($node->safe_psql('v12',
 		"SELECT string_agg(format('%s %s', expires_at IS NULL, coalesce(idle_timeout::text, '-')), ', ' ORDER BY created_at) "
 		  . "FROM tokenstore.token WHERE user_id = 'noa'"),
