@@ -443,22 +443,114 @@ publisher_idle(Publisher *pub)
 
 /* ---- sending ---- */
 
+/* The key of a message's token, or with purge of its whole database. */
+static GoneKey *
+gone_key(GoneKey *key, const FanoutMsg *m, bool purge)
+{
+	memset(key, 0, sizeof(*key));
+	memcpy(key->db, fanout_msg_db(m), Min(m->db_len, NAMEDATALEN - 1));
+	key->purge = purge;
+	if (!purge)
+		memcpy(key->hash, m->hash, sizeof(key->hash));
+	return key;
+}
+
+/*
+ * The tokens the messages write, each with the offset of its last write, or
+ * NULL if they write none.
+ */
+static HTAB *
+written_tokens(const char *buf, Size len)
+{
+	HASHCTL		ctl = {0};
+	HTAB	   *written = NULL;
+	const FanoutMsg *m;
+
+	ctl.keysize = sizeof(GoneKey);
+	ctl.entrysize = sizeof(GoneEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	for_each_msg(m, buf, len)
+	{
+		GoneKey		key;
+
+		if (m->kind != FANOUT_SET)
+			continue;
+		if (written == NULL)
+			written = hash_create("tokenstore written tokens", 1024, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		((GoneEntry *) hash_search(written, gone_key(&key, m, false),
+								   HASH_ENTER, NULL))->offset = (const char *) m - buf;
+	}
+	return written;
+}
+
+/*
+ * Whether a message of `written` writes again the token a removal at
+ * `offset` removed (SIZE_MAX: a removal of an earlier batch): the removal
+ * no longer stands.
+ */
+static bool
+written_again(HTAB *written, const FanoutMsg *m, Size offset)
+{
+	GoneKey		key;
+	GoneEntry  *w;
+
+	if (written == NULL || m->kind != FANOUT_REMOVE)
+		return false;
+	w = hash_search(written, gone_key(&key, m, false), HASH_FIND, NULL);
+	return w != NULL && (offset == SIZE_MAX || w->offset > offset);
+}
+
 /*
  * Keep the revocations about to be sent, to send them again to a new
- * master (or after the batch failed).
+ * master (or after the batch failed); but not the removals of tokens
+ * written again since (a session saved again under the id it had), whose
+ * replay would delete a live key.  A purge is replayed all the same (a
+ * resync writes again what it took from the database's live tokens).
  */
 static void
 remember(Publisher *pub, const char *buf, Size len)
 {
 	TimestampTz since = ms_after_now(-RECENT_MS);
+	HTAB	   *written = NULL;
 	const FanoutMsg *m;
 	Size		drop = 0;
 
 	for_each_msg(m, buf, len)
 	{
-		if (is_revocation(m))
+		if (is_revocation(m) || pub->recent.len > 0)
+		{
+			written = written_tokens(buf, len);
+			break;
+		}
+	}
+
+	if (written != NULL)
+	{
+		Size		at = 0;
+		Size		kept = 0;
+
+		while (at < (Size) pub->recent.len)
+		{
+			const FanoutMsg *r = (const FanoutMsg *) (pub->recent.data + at);
+			Size		rlen = r->len;
+
+			if (!written_again(written, r, SIZE_MAX))
+			{
+				memmove(pub->recent.data + kept, r, rlen);
+				kept += rlen;
+			}
+			at += rlen;
+		}
+		pub->recent.len = kept;
+	}
+	for_each_msg(m, buf, len)
+	{
+		if (is_revocation(m) && !written_again(written, m, (const char *) m - buf))
 			appendBinaryStringInfo(&pub->recent, (const char *) m, m->len);
 	}
+	if (written != NULL)
+		hash_destroy(written);
 	for_each_msg(m, pub->recent.data, pub->recent.len)
 	{
 		if (m->committed_at >= since && pub->recent.len - drop <= RECENT_MAX)
@@ -497,18 +589,6 @@ send_messages(Publisher *pub, const char *buf, Size len, bool held)
 			(void) pipe_wait(&p);
 	}
 	return finish(pub, &p);
-}
-
-/* The key of a message's token, or with purge of its whole database. */
-static GoneKey *
-gone_key(GoneKey *key, const FanoutMsg *m, bool purge)
-{
-	memset(key, 0, sizeof(*key));
-	memcpy(key->db, fanout_msg_db(m), Min(m->db_len, NAMEDATALEN - 1));
-	key->purge = purge;
-	if (!purge)
-		memcpy(key->hash, m->hash, sizeof(key->hash));
-	return key;
 }
 
 /* Whether a revocation later in the held changes supersedes this write. */
@@ -605,7 +685,11 @@ publisher_round(Publisher *pub)
 	if (held && len > 0)
 		(void) hold(pub, len);
 	else if (!held && pub->held.len > 0 && !release_held(pub))
+	{
+		/* the batch taken is not sent: its revocations are replayed */
+		remember(pub, pub->buf, len);
 		return;
+	}
 	if (len == 0)
 		publisher_idle(pub);
 	else if (!held && send_messages(pub, pub->buf, len, false) &&

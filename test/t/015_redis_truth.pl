@@ -894,6 +894,31 @@ sql(q{DELETE FROM tokenstore.token WHERE user_id LIKE 'overflow%' OR user_id = '
 		'failed batch: and the mirror is up');
 }
 
+# A session ended and saved again under its id is live: the replay of
+# recent revocations on a new connection must not delete its key.  Its hash
+# sorts last, so that the resync (paused after its first page of 1,000)
+# does not write it again before the test looks.
+{
+	my $sid = (grep { sha256_hex($_) ge 'ff' } map { "revived-session-id-$_" } 0 .. 100_000)[0];
+	sql(q{SELECT count(tokenstore.token_make('filler')) FROM generate_series(1, 1000)});
+	my $save = "SELECT tokenstore.token_save('$sid', NULL, '\\x01'::bytea, now() + interval '1 day')";
+	is(sql($save), 't', 'revived: a session is saved');
+	is(sql("SELECT tokenstore.token_delete('$sid')"), 't', 'revived: and ended');
+	is(sql($save), 't', 'revived: and saved again under its id');
+	barrier();
+	is($redis->cli('EXISTS', key($sid)), '1', 'revived: its key is in Redis');
+	my $offset = -s $node->logfile;
+	set_pause(1);
+	$redis->cli('CLIENT', 'KILL', 'TYPE', 'normal');
+	ok((poll(sub { TokenstoreTest::log_since($node, $offset) =~ /tokenstore mirrors tokens to Redis/ }, 30))[0],
+		'revived: the publisher connects again (and replays the recent revocations)');
+	ok((poll(sub { paused() eq '1' }, 30))[0], 'revived: the resync pauses after its first page');
+	is($redis->cli('EXISTS', key($sid)), '1', 'revived: the live session keeps its key');
+	set_pause(0);
+	sql(q{DELETE FROM tokenstore.token WHERE user_id = 'filler'});
+	TokenstoreRedis::wait_redis(sub { mismatch() }, '', 'revived: Redis converges');
+}
+
 my $master = TokenstoreRedis->new(password => $password, name => 'master');
 my $replica = TokenstoreRedis->new(password => $password, replicaof => $master,
 	name => 'replica');
