@@ -289,7 +289,8 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_SWEEP_KEYS] = {
 		"SELECT token_hash FROM tokenstore.token"
-		" WHERE sweep_at <= $1 ORDER BY sweep_at LIMIT $2",
+		" WHERE sweep_at <= $1 ORDER BY sweep_at LIMIT $2"
+		" FOR UPDATE SKIP LOCKED",
 		2, {TIMESTAMPTZOID, INT4OID}
 	},
 	/*

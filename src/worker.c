@@ -221,8 +221,9 @@ note_culprit(Culprits *bad, const TokenKey *key, const ErrorData *edata)
  * (NULL: not tried yet).  A range that fails is halved until what fails
  * stands alone, so that everything else goes through; an item that fails
  * alone is a culprit, noted and left undone, and so are the ranges not yet
- * tried when the time is up (a cause that is not one row's must not make a
- * round try every row).  Each culprit among n items costs about 2 log2(n)
+ * tried when the time is up or more culprits were found than a log line
+ * names (a cause that is not one row's must not make a round try every
+ * row).  Each culprit among n items costs about 2 log2(n)
  * statements.
  */
 static void
@@ -232,7 +233,8 @@ apart_range(Batch *b, int lo, int n, ErrorData *failed)
 	{
 		if (n == 0)
 			return;
-		if (ShutdownRequestPending || GetCurrentTimestamp() >= b->until)
+		if (ShutdownRequestPending || GetCurrentTimestamp() >= b->until ||
+			b->bad->more)
 		{
 			if (b->leave)
 				b->leave(b->arg, lo, n);
@@ -564,7 +566,8 @@ sweep_step(void *arg)
 	if (!run_subxact(&b, 0, SWEEP_BATCH, &failed))
 	{
 		s.keys = store_sweep_keys(s.now, SWEEP_BATCH, &n);
-		if (s.keys == NULL)
+		/* no rows to take apart: the failure was not theirs */
+		if (s.keys == NULL || n == 0)
 			ReThrowError(failed);
 		FreeErrorData(failed);
 		apart_range(&b, 0, n, NULL);
