@@ -63,7 +63,7 @@ static void
 live_among(const TokenKey *keys, int n, const char *user, bool *live)
 {
 	store_begin();
-	store_live_among(keys, n, user, GetCurrentTimestamp(), live);
+	store_live_among(keys, n, user, GetCurrentTimestamp(), live, NULL);
 	store_end();
 }
 
@@ -191,7 +191,7 @@ recheck_page(Pipeline *p, List *rows)
 	foreach(lc, rows)
 		keys[i++] = ((TokenRow *) lfirst(lc))->key;
 	store_begin();
-	store_live_deadlines(keys, n, GetCurrentTimestamp(), live, deadlines);
+	store_live_among(keys, n, NULL, GetCurrentTimestamp(), live, deadlines);
 	store_end();
 	i = 0;
 	foreach(lc, rows)

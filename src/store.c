@@ -330,8 +330,9 @@ static const StmtDef stmt_defs[STMT_COUNT] = {
 	},
 	[STMT_LIVE_ROWS_AMONG] = {
 		"SELECT " READ_COLUMNS " FROM tokenstore.token"
-		" WHERE token_hash = ANY ($1) AND " LIVE("$2"),
-		2, {BYTEAARRAYOID, TIMESTAMPTZOID}
+		" WHERE token_hash = ANY ($1) AND " LIVE("$2")
+		" AND ($3::text IS NULL OR user_id = $3)",
+		3, {BYTEAARRAYOID, TIMESTAMPTZOID, TEXTOID}
 	},
 
 	/*
@@ -909,33 +910,6 @@ key_cmp(const void *a, const void *b)
 	return memcmp(a, b, sizeof(TokenKey));
 }
 
-/*
- * Which of the n keys belong to live tokens (of user, unless NULL): live[i]
- * for keys[i].
- */
-void
-store_live_among(const TokenKey *keys, int n, const char *user,
-				 TimestampTz now, bool *live)
-{
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', user ? ' ' : 'n'};
-	TokenKey   *found;
-	uint64		nfound;
-	uint64		i;
-
-	values[0] = keys_datum(keys, n);
-	values[1] = TimestampTzGetDatum(now);
-	values[2] = user ? CStringGetTextDatum(user) : (Datum) 0;
-	nfound = store_exec(STMT_LIVE_AMONG, values, nulls, 0);
-	found = palloc(sizeof(TokenKey) * Max(nfound, 1));
-	for (i = 0; i < nfound; i++)
-		key_from_column(i, 1, &found[i]);
-	qsort(found, nfound, sizeof(TokenKey), key_cmp);
-	for (i = 0; i < n; i++)
-		live[i] = bsearch(&keys[i], found, nfound, sizeof(TokenKey), key_cmp) != NULL;
-	pfree(found);
-}
-
 /* A live token's key and deadline; the key first, for key_cmp. */
 typedef struct KeyDeadline
 {
@@ -944,15 +918,19 @@ typedef struct KeyDeadline
 } KeyDeadline;
 
 /*
- * Which of the n keys belong to live tokens, live[i] for keys[i], and their
- * deadlines (deadlines[i], when live[i]).
+ * Which of the n keys belong to live tokens (of user, unless NULL): live[i]
+ * for keys[i]; and, with deadlines, those tokens' deadlines (deadlines[i],
+ * when live[i]).
  */
 void
-store_live_deadlines(const TokenKey *keys, int n, TimestampTz now, bool *live,
-					 TimestampTz *deadlines)
+store_live_among(const TokenKey *keys, int n, const char *user,
+				 TimestampTz now, bool *live, TimestampTz *deadlines)
 {
-	Datum		values[2] = {keys_datum(keys, n), TimestampTzGetDatum(now)};
-	uint64		nfound = store_exec(STMT_LIVE_ROWS_AMONG, values, NULL, 0);
+	Datum		values[3] = {keys_datum(keys, n), TimestampTzGetDatum(now),
+	user ? CStringGetTextDatum(user) : (Datum) 0};
+	char		nulls[3] = {' ', ' ', user ? ' ' : 'n'};
+	uint64		nfound = store_exec(deadlines ? STMT_LIVE_ROWS_AMONG : STMT_LIVE_AMONG,
+									values, nulls, 0);
 	KeyDeadline *found = palloc(sizeof(KeyDeadline) * Max(nfound, 1));
 	uint64		i;
 
@@ -960,6 +938,11 @@ store_live_deadlines(const TokenKey *keys, int n, TimestampTz now, bool *live,
 	{
 		TokenRow	row;
 
+		if (deadlines == NULL)
+		{
+			key_from_column(i, 1, &found[i].key);
+			continue;
+		}
 		row_from_result(i, &row);
 		found[i].key = row.key;
 		found[i].deadline = row_deadline(&row);
@@ -971,7 +954,8 @@ store_live_deadlines(const TokenKey *keys, int n, TimestampTz now, bool *live,
 								 key_cmp);
 
 		live[i] = k != NULL;
-		deadlines[i] = k ? k->deadline : 0;
+		if (deadlines != NULL)
+			deadlines[i] = k ? k->deadline : 0;
 	}
 	pfree(found);
 }

@@ -102,8 +102,7 @@ extern int64 store_flush(const CacheDirty *dirty, int n, int64 resolution,
 						 FlushResult *results);
 extern List *store_live_page(const TokenKey *after, TimestampTz now, int limit);
 extern void store_live_among(const TokenKey *keys, int n, const char *user,
-							 TimestampTz now, bool *live);
-extern void store_live_deadlines(const TokenKey *keys, int n, TimestampTz now,
-								 bool *live, TimestampTz *deadlines);
+							 TimestampTz now, bool *live,
+							 TimestampTz *deadlines);
 
 #endif
